@@ -1,0 +1,276 @@
+"""AdapterBank: the one object users touch. Create/open a bank, add tasks, predict without task ids."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from . import __version__
+from .adapters import kind_module
+from .data import Dataset, load_dataset
+from .encoding import DEFAULT_MAX_LENGTH, collate, frozen_embeddings, length_batches, pad_id_of, tokenize
+from .errors import AdapterBankError, BankError, BaseMismatchError, DataError
+from .heads import CosineHead
+from .inference import ModuleRunner
+from .models import DEFAULT_BASE, Base, canonical_base_id, load_base, resolve_device
+from .registry import Registry
+from .routing import PrototypeRouter, class_statistics, load_statistics, save_statistics
+from .training import TrainConfig, classify, train_classifier
+
+
+@dataclass
+class Prediction:
+    """A task-agnostic answer: the label, the task whose module gave it, and a score in [0, 1].
+
+    `score` is the router's probability for `task` times the module's probability for `label`;
+    `candidates` lists the tasks the router considered, best first, with its probability for each.
+    """
+
+    label: str | None
+    task: str | None
+    score: float
+    candidates: list[tuple[str, float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"label": self.label, "task": self.task, "score": self.score,
+                "candidates": [{"task": t, "probability": p} for t, p in self.candidates]}
+
+
+@dataclass
+class TaskInfo:
+    """What the bank knows about one task (the contents of its task.json, plus where it lives)."""
+
+    name: str
+    path: Path
+    record: dict
+
+    @property
+    def kind(self) -> str | None:
+        return self.record.get("kind")
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.record.get("labels", []))
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.path.iterdir() if p.is_file())
+
+
+DataLike = str | os.PathLike | Dataset
+
+
+class AdapterBank:
+    """A frozen base model plus one small module per task, stored under one directory."""
+
+    def __init__(self, registry: Registry, device: str = "auto", base_override: str | None = None):
+        self.registry = registry
+        self.device = resolve_device(device)
+        self._base_spec = base_override
+        self._base: Base | None = None
+        self._router: PrototypeRouter | None = None
+        self._runner: ModuleRunner | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: str | os.PathLike, base: str = DEFAULT_BASE, device: str = "auto") -> "AdapterBank":
+        """Make a new bank at `path` (must not exist, or be empty) over `base` (hub id, local dir, or `minilm`)."""
+        resolved_device = resolve_device(device)
+        if Path(path).expanduser().exists() and (not Path(path).is_dir() or any(Path(path).iterdir())):
+            raise BankError(f"{path}: already exists and is not an empty directory")
+        loaded = load_base(base, resolved_device)  # fails before anything is written
+        manifest = {
+            "adapterbank_version": __version__,
+            "base": {"id": loaded.model_id, "fingerprint": loaded.fingerprint,
+                     "model_type": getattr(loaded.model.config, "model_type", None),
+                     "hidden_size": loaded.model.config.hidden_size},
+            "router": {"method": "prototype", "encoder": "base-mean-pool"},
+        }
+        bank = cls(Registry.create(path, manifest), device=device)
+        bank._base = loaded
+        return bank
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, base: str | None = None, device: str = "auto", lazy: bool = False) -> "AdapterBank":
+        """Open an existing bank. The base is loaded and checked against the recorded fingerprint
+        now, or on first use with `lazy=True` (for listing tasks without loading a model).
+        `base` points at another copy of the same model (e.g. moved directory); a different model is refused."""
+        bank = cls(Registry.open(path), device=device, base_override=base)
+        if not lazy:
+            bank.base  # noqa: B018 - load and verify now
+        return bank
+
+    @property
+    def path(self) -> Path:
+        return self.registry.root
+
+    @property
+    def base_id(self) -> str:
+        return self.registry.manifest["base"]["id"]
+
+    @property
+    def base(self) -> Base:
+        """The frozen base model, loaded on first use and verified against bank.json's fingerprint."""
+        if self._base is None:
+            spec = self._base_spec or self.base_id
+            loaded = load_base(spec, self.device)
+            expected = self.registry.manifest["base"].get("fingerprint")
+            if loaded.fingerprint != expected:
+                raise BaseMismatchError(
+                    f"base model {spec!r} does not match the bank's base {self.base_id!r} "
+                    f"(fingerprint {loaded.fingerprint[:19]} != {str(expected)[:19]}); "
+                    "a bank's modules only work on the exact base they were trained on"
+                )
+            self._base = loaded
+        return self._base
+
+    # -- tasks ----------------------------------------------------------------------------------
+    def tasks(self) -> list[TaskInfo]:
+        return [self.task(name) for name in self.registry.task_names()]
+
+    def task(self, name: str) -> TaskInfo:
+        directory = self.registry.task_dir(name)
+        return TaskInfo(name, directory, self.registry.read_task(name))
+
+    def remove_task(self, name: str) -> None:
+        self.registry.remove_task(name)
+        self._router = None
+        if self._runner is not None and name in self._runner.loaded:
+            self._runner = None  # simplest correct reset: adapters are reloaded lazily
+
+    def add_task(
+        self,
+        name: str,
+        train: DataLike,
+        eval: DataLike | None = None,  # noqa: A002 - matches the CLI's --eval
+        kind: str = "lora",
+        rank: int = 8,
+        virtual_tokens: int = 16,
+        epochs: int | None = None,
+        lr: float | None = None,
+        batch_size: int = 32,
+        seed: int = 0,
+        max_length: int = DEFAULT_MAX_LENGTH,
+        progress: bool = True,
+    ) -> TaskInfo:
+        """Train a module for a classification task and store it; earlier tasks are never touched.
+
+        A task with a single label gets no module or head (there is nothing to discriminate): the
+        router alone decides when its texts are meant, and predictions return its one label.
+        """
+        self.registry.ensure_new_name(name)
+        kind_module(kind)
+        _check_positive(rank=rank, virtual_tokens=virtual_tokens, batch_size=batch_size, max_length=max_length,
+                        epochs=epochs if epochs is not None else 1, lr=lr if lr is not None else 1.0)
+        train_set = _as_dataset(train)
+        eval_set = _as_dataset(eval) if eval is not None else None
+        labels = train_set.labels
+        if eval_set is not None:
+            unknown = sorted(set(eval_set.labels) - set(labels))
+            if unknown:
+                raise DataError(f"{eval_set.source}: labels not in the training data: {', '.join(unknown[:5])}")
+        base = self.base
+        config = TrainConfig(kind=kind, rank=rank, virtual_tokens=virtual_tokens, epochs=epochs, lr=lr,
+                             batch_size=batch_size, seed=seed, max_length=max_length)
+        token_ids = tokenize(base.tokenizer, train_set.texts, max_length)
+        embeddings = frozen_embeddings(base.model, base.tokenizer, token_ids)
+        stats = class_statistics(embeddings, train_set.targets, labels)
+        record = {"objective": "classification", "labels": labels, "kind": None, "adapterbank_version": __version__,
+                  "base": {"id": self.base_id, "fingerprint": base.fingerprint},
+                  "data": {"train_fingerprint": train_set.fingerprint(), "train_examples": len(train_set),
+                           "train_source": train_set.source}}
+        trained = None
+        started = time.perf_counter()
+        if len(labels) > 1:
+            index = {label: i for i, label in enumerate(labels)}
+            trained = train_classifier(base.model, base.tokenizer, token_ids, [index[t] for t in train_set.targets],
+                                       stats["prototypes"], config, progress=progress, description=f"add-task {name}")
+            record.update(kind=kind, hyperparameters=trained.hyperparameters, metrics=dict(trained.metrics))
+            if eval_set is not None:
+                eval_ids = tokenize(base.tokenizer, eval_set.texts, max_length)
+                predicted = classify(trained.peft_model, trained.head, base.tokenizer, eval_ids).argmax(-1)
+                correct = sum(labels[p] == t for p, t in zip(predicted.tolist(), eval_set.targets))
+                record["metrics"]["eval_accuracy"] = round(correct / len(eval_set), 6)
+                record["data"].update(eval_fingerprint=eval_set.fingerprint(), eval_examples=len(eval_set))
+        else:
+            record["metrics"] = {"note": "single label: no module trained, the router alone selects this task"}
+        record["metrics"]["add_task_seconds"] = round(time.perf_counter() - started, 3)
+        with self.registry.stage_task(name, record) as staging:
+            if trained is not None:
+                trained.peft_model.save_pretrained(str(staging))
+                (staging / "README.md").unlink(missing_ok=True)  # PEFT's model card: only JSON + safetensors here
+                trained.head.save(staging)
+            save_statistics(staging, stats)
+        if self._router is not None:
+            self._router.add_task(name, stats)
+        return self.task(name)
+
+    # -- inference ------------------------------------------------------------------------------
+    def predict(self, texts: Sequence[str], top_k: int = 3, batch_size: int = 64) -> list[Prediction]:
+        """Label each text over every label of every task, without being told the task."""
+        if isinstance(texts, str):
+            texts = [texts]
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise DataError(f"text #{i + 1}: expected a string, got {type(text).__name__}")
+        records = {info.name: info for info in self.tasks()}
+        if not records:
+            raise BankError(f"bank {self.path} has no tasks yet; add one with `adapterbank add-task`")
+        if not texts:
+            return []
+        base, router, runner = self.base, self._get_router(), self._get_runner()
+        token_ids = tokenize(base.tokenizer, texts, records[next(iter(records))].record.get("hyperparameters", {}).get("max_length", DEFAULT_MAX_LENGTH))
+        results: list[Prediction | None] = [None] * len(texts)
+        for batch in length_batches(token_ids, batch_size):
+            input_ids, mask = collate([token_ids[i] for i in batch], pad_id_of(base.tokenizer), self.device)
+            routes = router.route(runner.frozen_features(input_ids, mask), top_k=top_k)
+            groups: dict[str, list[int]] = {}
+            for row, route in enumerate(routes):
+                groups.setdefault(route.tasks[0], []).append(row)
+            for task_name, rows in groups.items():
+                info = records[task_name]
+                if info.kind is None:
+                    best_p, best_i = torch.ones(len(rows)), torch.zeros(len(rows), dtype=torch.long)
+                else:
+                    runner.load(task_name, info.path, info.kind)
+                    probabilities = runner.class_probabilities(task_name, input_ids[rows], mask[rows]).cpu()
+                    best_p, best_i = probabilities.max(-1)
+                for row, p, i in zip(rows, best_p.tolist(), best_i.tolist()):
+                    route = routes[row]
+                    results[batch[row]] = Prediction(
+                        label=info.labels[i], task=task_name, score=round(route.probabilities[0] * p, 6),
+                        candidates=list(zip(route.tasks, route.probabilities)),
+                    )
+        return results  # type: ignore[return-value]
+
+    def _get_router(self) -> PrototypeRouter:
+        if self._router is None:
+            router = PrototypeRouter()
+            for info in self.tasks():
+                router.add_task(info.name, load_statistics(info.path))
+            self._router = router
+        return self._router
+
+    def _get_runner(self) -> ModuleRunner:
+        if self._runner is None:
+            self._runner = ModuleRunner(self.base.model)
+        return self._runner
+
+
+def _as_dataset(data: DataLike) -> Dataset:
+    if isinstance(data, Dataset):
+        return data
+    if isinstance(data, (str, os.PathLike)):
+        return load_dataset(data)
+    raise AdapterBankError(f"expected a dataset path or Dataset, got {type(data).__name__}")
+
+
+def _check_positive(**values: float) -> None:
+    for key, value in values.items():
+        if value <= 0:
+            raise AdapterBankError(f"{key} must be positive, got {value}")

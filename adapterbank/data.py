@@ -1,0 +1,129 @@
+"""Reading labelled text datasets (JSON Lines or CSV) with errors that point at the offending line."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import DataError
+
+SUPPORTED_SUFFIXES = (".jsonl", ".json", ".csv")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Texts with string labels, in file order. `labels` lists the distinct labels in first-seen order."""
+
+    texts: list[str]
+    targets: list[str]
+    source: str = "<memory>"
+
+    @property
+    def labels(self) -> list[str]:
+        return list(dict.fromkeys(self.targets))
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def fingerprint(self) -> str:
+        """sha256 over the (text, label) pairs: identifies the data a module was trained on without storing it."""
+        digest = hashlib.sha256()
+        for text, label in zip(self.texts, self.targets):
+            digest.update(json.dumps([text, label], ensure_ascii=False).encode("utf-8"))
+            digest.update(b"\n")
+        return digest.hexdigest()
+
+
+def load_dataset(path: str | Path) -> Dataset:
+    """Read a `.jsonl` (one `{"text", "label"}` object per line) or `.csv` (header with `text`, `label`) file."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if not path.is_file():
+        raise DataError(f"{path}: not a file")
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise DataError(f"{path}: unsupported file type {suffix or '(none)'!r}; use .jsonl or .csv")
+    raw = path.read_bytes()
+    try:
+        content = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not valid UTF-8 (byte {exc.start})") from None
+    rows = _read_csv(path, content) if suffix == ".csv" else _read_jsonl(path, content)
+    if not rows:
+        raise DataError(f"{path}: no examples (the file is empty)")
+    texts, targets = zip(*rows)
+    return Dataset(list(texts), list(targets), source=str(path))
+
+
+def dataset_from_pairs(texts: list[str], labels: list[str], source: str = "<memory>") -> Dataset:
+    """Validate in-memory data the same way files are validated."""
+    if len(texts) != len(labels):
+        raise DataError(f"{source}: {len(texts)} texts but {len(labels)} labels")
+    rows = [_validate(source, i + 1, t, lab) for i, (t, lab) in enumerate(zip(texts, labels))]
+    if not rows:
+        raise DataError(f"{source}: no examples")
+    return Dataset([r[0] for r in rows], [r[1] for r in rows], source=source)
+
+
+def _read_jsonl(path: Path, content: str) -> list[tuple[str, str]]:
+    rows = []
+    for number, line in enumerate(content.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{number}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{path}:{number}: expected a JSON object with 'text' and 'label'")
+        for key in ("text", "label"):
+            if key not in record:
+                raise DataError(f"{path}:{number}: missing field '{key}'")
+        rows.append(_validate(str(path), number, record["text"], record["label"]))
+    return rows
+
+
+def _read_csv(path: Path, content: str) -> list[tuple[str, str]]:
+    reader = csv.reader(io.StringIO(content, newline=""))
+    try:
+        header = next(reader)
+    except StopIteration:
+        return []
+    except csv.Error as exc:
+        raise DataError(f"{path}:1: malformed CSV ({exc})") from None
+    columns = [name.strip() for name in header]
+    for key in ("text", "label"):
+        if key not in columns:
+            raise DataError(f"{path}:1: CSV header has no '{key}' column (found: {', '.join(columns) or 'nothing'})")
+    text_at, label_at = columns.index("text"), columns.index("label")
+    rows = []
+    try:
+        for row in reader:
+            number = reader.line_num
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) != len(columns):
+                raise DataError(f"{path}:{number}: expected {len(columns)} fields, found {len(row)}")
+            rows.append(_validate(str(path), number, row[text_at], row[label_at]))
+    except csv.Error as exc:
+        raise DataError(f"{path}:{reader.line_num}: malformed CSV ({exc})") from None
+    return rows
+
+
+def _validate(source: str, number: int, text: object, label: object) -> tuple[str, str]:
+    if not isinstance(text, str):
+        raise DataError(f"{source}:{number}: field 'text' must be a string, got {type(text).__name__}")
+    if not text.strip():
+        raise DataError(f"{source}:{number}: field 'text' is empty")
+    if isinstance(label, bool) or not isinstance(label, (str, int)):
+        raise DataError(f"{source}:{number}: field 'label' must be a string, got {type(label).__name__}")
+    label = str(label).strip()
+    if not label:
+        raise DataError(f"{source}:{number}: field 'label' is empty")
+    return text, label

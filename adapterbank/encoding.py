@@ -1,0 +1,57 @@
+"""Tokenize once, batch by length, pool: the shared plumbing of training, routing and inference."""
+
+from __future__ import annotations
+
+import random
+from typing import Sequence
+
+import torch
+
+DEFAULT_MAX_LENGTH = 128
+
+
+def tokenize(tokenizer, texts: Sequence[str], max_length: int = DEFAULT_MAX_LENGTH) -> list[list[int]]:
+    """Token ids per text, truncated, unpadded (padding happens per batch, to that batch's longest)."""
+    return tokenizer(list(texts), truncation=True, max_length=max_length, padding=False)["input_ids"]
+
+
+def length_batches(token_ids: Sequence[Sequence[int]], batch_size: int, rng: random.Random | None = None) -> list[list[int]]:
+    """Indices grouped into batches of similar length (little padding); batch order shuffled if `rng` is given."""
+    order = sorted(range(len(token_ids)), key=lambda i: len(token_ids[i]))
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if rng is not None:
+        rng.shuffle(batches)
+    return batches
+
+
+def collate(token_ids: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad a batch to its longest sequence; returns (input_ids, attention_mask)."""
+    longest = max(len(ids) for ids in token_ids)
+    input_ids = torch.full((len(token_ids), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(token_ids), longest), dtype=torch.long)
+    for row, ids in enumerate(token_ids):
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        mask[row, : len(ids)] = 1
+    return input_ids.to(device), mask.to(device)
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Average of token states where mask is 1 (sentence-transformers' mean pooling)."""
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1e-9)
+
+
+def pad_id_of(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+@torch.no_grad()
+def frozen_embeddings(model: torch.nn.Module, tokenizer, token_ids: Sequence[Sequence[int]], batch_size: int = 64) -> torch.Tensor:
+    """L2-normalised mean-pooled embeddings of the frozen base, in input order (float32, on CPU)."""
+    device = next(model.parameters()).device
+    out = torch.empty(len(token_ids), model.config.hidden_size)
+    for batch in length_batches(token_ids, batch_size):
+        input_ids, mask = collate([token_ids[i] for i in batch], pad_id_of(tokenizer), device)
+        hidden = model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        out[batch] = torch.nn.functional.normalize(mean_pool(hidden, mask).float(), dim=-1).cpu()
+    return out

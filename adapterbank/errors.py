@@ -1,0 +1,36 @@
+"""Errors a user can act on. Each carries a one-line message naming the file, line or field at fault.
+
+The CLI prints these as `error: <message>` and exits non-zero; anything else escaping is a bug.
+"""
+
+
+class AdapterBankError(Exception):
+    """Base class: a problem with the user's input or environment, not a bug."""
+
+
+class DataError(AdapterBankError):
+    """A dataset file is missing, empty, malformed or lacks a required field."""
+
+
+class BankError(AdapterBankError):
+    """The bank directory is missing, not a bank, or inconsistent."""
+
+
+class TaskExistsError(BankError):
+    """A task with that name is already in the bank."""
+
+
+class TaskNotFoundError(BankError):
+    """No task with that name is in the bank."""
+
+
+class InvalidNameError(AdapterBankError):
+    """A task name that is not safe to use as a directory name."""
+
+
+class ModelNotFoundError(AdapterBankError):
+    """The base model could not be resolved or loaded."""
+
+
+class BaseMismatchError(BankError):
+    """The base model offered does not match the one the bank was built on."""

