@@ -40,25 +40,49 @@ class Dataset:
 
 def load_dataset(path: str | Path) -> Dataset:
     """Read a `.jsonl` (one `{"text", "label"}` object per line) or `.csv` (header with `text`, `label`) file."""
+    rows = _read_rows(Path(path), require_label=True)
+    texts, targets = zip(*rows)
+    return Dataset(list(texts), list(targets), source=str(path))
+
+
+def load_texts(path: str | Path) -> tuple[list[str], list[str] | None]:
+    """Texts to predict, from .jsonl/.csv (`text` required, `label` optional) or .txt (one text per line).
+
+    Returns the texts and, when every row has a label, the labels (so callers can score predictions).
+    """
     path = Path(path)
+    if path.suffix.lower() == ".txt":
+        texts = [line for line in _decode(path).splitlines() if line.strip()]
+        if not texts:
+            raise DataError(f"{path}: no texts (the file is empty)")
+        return texts, None
+    rows = _read_rows(path, require_label=False)
+    labels = [label for _, label in rows]
+    return [text for text, _ in rows], (labels if all(label is not None for label in labels) else None)
+
+
+def _read_rows(path: Path, require_label: bool) -> list[tuple[str, str | None]]:
+    content = _decode(path)
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise DataError(f"{path}: unsupported file type {suffix or '(none)'!r}; use .jsonl or .csv")
+    rows = _read_csv(path, content, require_label) if suffix == ".csv" else _read_jsonl(path, content, require_label)
+    if not rows:
+        raise DataError(f"{path}: no examples (the file is empty)")
+    return rows
+
+
+def _decode(path: Path) -> str:
     if not path.exists():
         raise DataError(f"{path}: file not found")
     if not path.is_file():
         raise DataError(f"{path}: not a file")
-    suffix = path.suffix.lower()
-    if suffix not in SUPPORTED_SUFFIXES:
-        raise DataError(f"{path}: unsupported file type {suffix or '(none)'!r}; use .jsonl or .csv")
     raw = path.read_bytes()
     try:
-        content = raw.decode("utf-8-sig")
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise DataError(f"{path}:{line}: not valid UTF-8 (byte {exc.start})") from None
-    rows = _read_csv(path, content) if suffix == ".csv" else _read_jsonl(path, content)
-    if not rows:
-        raise DataError(f"{path}: no examples (the file is empty)")
-    texts, targets = zip(*rows)
-    return Dataset(list(texts), list(targets), source=str(path))
 
 
 def dataset_from_pairs(texts: list[str], labels: list[str], source: str = "<memory>") -> Dataset:
@@ -71,7 +95,7 @@ def dataset_from_pairs(texts: list[str], labels: list[str], source: str = "<memo
     return Dataset([r[0] for r in rows], [r[1] for r in rows], source=source)
 
 
-def _read_jsonl(path: Path, content: str) -> list[tuple[str, str]]:
+def _read_jsonl(path: Path, content: str, require_label: bool) -> list[tuple[str, str | None]]:
     rows = []
     for number, line in enumerate(content.splitlines(), start=1):
         if not line.strip():
@@ -82,14 +106,14 @@ def _read_jsonl(path: Path, content: str) -> list[tuple[str, str]]:
             raise DataError(f"{path}:{number}: malformed JSON ({exc.msg} at column {exc.colno})") from None
         if not isinstance(record, dict):
             raise DataError(f"{path}:{number}: expected a JSON object with 'text' and 'label'")
-        for key in ("text", "label"):
+        for key in ("text", "label") if require_label else ("text",):
             if key not in record:
                 raise DataError(f"{path}:{number}: missing field '{key}'")
-        rows.append(_validate(str(path), number, record["text"], record["label"]))
+        rows.append(_validate(str(path), number, record["text"], record.get("label"), require_label))
     return rows
 
 
-def _read_csv(path: Path, content: str) -> list[tuple[str, str]]:
+def _read_csv(path: Path, content: str, require_label: bool) -> list[tuple[str, str | None]]:
     reader = csv.reader(io.StringIO(content, newline=""))
     try:
         header = next(reader)
@@ -98,10 +122,11 @@ def _read_csv(path: Path, content: str) -> list[tuple[str, str]]:
     except csv.Error as exc:
         raise DataError(f"{path}:1: malformed CSV ({exc})") from None
     columns = [name.strip() for name in header]
-    for key in ("text", "label"):
+    for key in ("text", "label") if require_label else ("text",):
         if key not in columns:
             raise DataError(f"{path}:1: CSV header has no '{key}' column (found: {', '.join(columns) or 'nothing'})")
-    text_at, label_at = columns.index("text"), columns.index("label")
+    text_at = columns.index("text")
+    label_at = columns.index("label") if "label" in columns else None
     rows = []
     try:
         for row in reader:
@@ -110,17 +135,19 @@ def _read_csv(path: Path, content: str) -> list[tuple[str, str]]:
                 continue
             if len(row) != len(columns):
                 raise DataError(f"{path}:{number}: expected {len(columns)} fields, found {len(row)}")
-            rows.append(_validate(str(path), number, row[text_at], row[label_at]))
+            rows.append(_validate(str(path), number, row[text_at], None if label_at is None else row[label_at], require_label))
     except csv.Error as exc:
         raise DataError(f"{path}:{reader.line_num}: malformed CSV ({exc})") from None
     return rows
 
 
-def _validate(source: str, number: int, text: object, label: object) -> tuple[str, str]:
+def _validate(source: str, number: int, text: object, label: object, require_label: bool = True) -> tuple[str, str | None]:
     if not isinstance(text, str):
         raise DataError(f"{source}:{number}: field 'text' must be a string, got {type(text).__name__}")
     if not text.strip():
         raise DataError(f"{source}:{number}: field 'text' is empty")
+    if not require_label and (label is None or (isinstance(label, str) and not label.strip())):
+        return text, None
     if isinstance(label, bool) or not isinstance(label, (str, int)):
         raise DataError(f"{source}:{number}: field 'label' must be a string, got {type(label).__name__}")
     label = str(label).strip()

@@ -1,0 +1,1 @@
+"""The `adapterbank` command line (installed as the `adapterbank_cli` package)."""
