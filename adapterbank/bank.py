@@ -175,6 +175,10 @@ class AdapterBank:
             if unknown:
                 raise DataError(f"{eval_set.source}: labels not in the training data: {', '.join(unknown[:5])}")
         base = self.base
+        positions = getattr(base.model.config, "max_position_embeddings", None)
+        reserved = virtual_tokens if kind == "prompt" else 0
+        if positions is not None and max_length + reserved > positions:
+            max_length = positions - reserved  # the soft prompt occupies positions too
         config = TrainConfig(kind=kind, rank=rank, virtual_tokens=virtual_tokens, epochs=epochs, lr=lr,
                              batch_size=batch_size, seed=seed, max_length=max_length)
         token_ids = tokenize(base.tokenizer, train_set.texts, max_length)
@@ -224,7 +228,8 @@ class AdapterBank:
         if not texts:
             return []
         base, router, runner = self.base, self._get_router(), self._get_runner()
-        token_ids = tokenize(base.tokenizer, texts, records[next(iter(records))].record.get("hyperparameters", {}).get("max_length", DEFAULT_MAX_LENGTH))
+        max_length = max(info.record.get("hyperparameters", {}).get("max_length", DEFAULT_MAX_LENGTH) for info in records.values())
+        token_ids = tokenize(base.tokenizer, texts, max_length)
         results: list[Prediction | None] = [None] * len(texts)
         for batch in length_batches(token_ids, batch_size):
             input_ids, mask = collate([token_ids[i] for i in batch], pad_id_of(base.tokenizer), self.device)

@@ -39,8 +39,10 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=1)
 
 
-def _open(bank: Path, device: str = "auto", lazy: bool = True) -> AdapterBank:
-    return AdapterBank.open(bank, device=device, lazy=lazy)
+def _open(bank: Path, device: str = "auto") -> AdapterBank:
+    """Open without loading the model: commands that need it load and verify it on first use,
+    after their inputs have been validated (so bad input fails in well under a second)."""
+    return AdapterBank.open(bank, device=device, lazy=True)
 
 
 @app.command()
@@ -71,7 +73,7 @@ def add_task(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Train a module for one classification task and add it; earlier tasks are left untouched."""
-    opened = _open(bank, device, lazy=False)
+    opened = _open(bank, device)
     info = opened.add_task(name, train, eval=eval_path, kind=kind.value, rank=rank, virtual_tokens=virtual_tokens,
                            epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=not quiet)
     metrics = info.record["metrics"]
@@ -124,7 +126,7 @@ def predict(
     if bool(text) == (input_path is not None):
         _fail("give texts with --text or a file with --input (one of the two)")
     texts, gold = (list(text), None) if text else load_texts(input_path)
-    predictions = _open(bank, device, lazy=False).predict(texts, top_k=top_k)
+    predictions = _open(bank, device).predict(texts, top_k=top_k)
     for item, prediction in zip(texts, predictions):
         if as_json:
             typer.echo(json.dumps({"text": item, **prediction.to_dict()}, ensure_ascii=False))

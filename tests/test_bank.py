@@ -1,0 +1,160 @@
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModel, AutoTokenizer
+
+from adapterbank import AdapterBank, load_dataset
+from adapterbank.errors import (AdapterBankError, BankError, BaseMismatchError, DataError, InvalidNameError,
+                                ModelNotFoundError, TaskExistsError)
+from adapterbank.heads import CosineHead
+from adapterbank.training import module_features
+
+from conftest import TASK_LABELS, tree_hashes, write_jsonl
+
+FAST = {"epochs": 8, "progress": False}
+
+
+@pytest.fixture()
+def bank(tmp_path, tiny_base):
+    return AdapterBank.create(tmp_path / "bank", base=tiny_base, device="cpu")
+
+
+def peft_features(base_dir, task_dir, texts):
+    """Features computed by PEFT itself from the task directory (no adapterbank code involved)."""
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = PeftModel.from_pretrained(AutoModel.from_pretrained(base_dir), str(task_dir)).eval()
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        return module_features(model, batch["input_ids"], batch["attention_mask"])
+
+
+@pytest.mark.parametrize("kind", ["lora", "prompt"])
+def test_task_dir_is_peft_format_and_bank_predictions_match_peft(bank, tiny_base, task_files, kind):
+    train, test = task_files["beta"]
+    info = bank.add_task("beta", train, kind=kind, **FAST)
+    files = sorted(p.name for p in info.path.iterdir())
+    assert files == ["adapter_config.json", "adapter_model.safetensors", "head.safetensors", "router.safetensors", "task.json"]
+    assert json.loads((info.path / "adapter_config.json").read_text())["peft_type"] == {"lora": "LORA", "prompt": "PROMPT_TUNING"}[kind]
+    texts = load_dataset(test).texts[:6]
+    head = CosineHead.load(info.path)
+    with torch.no_grad():
+        expected = torch.softmax(head(peft_features(tiny_base, info.path, texts)), -1).max(-1)
+    predictions = bank.predict(texts)
+    assert [p.label for p in predictions] == [info.labels[i] for i in expected.indices.tolist()]
+    for prediction, p in zip(predictions, expected.values.tolist()):
+        assert prediction.task == "beta"
+        assert prediction.score == pytest.approx(p * prediction.candidates[0][1], abs=1e-4)
+
+
+def test_adding_tasks_never_changes_earlier_files(bank, task_files):
+    bank.add_task("alpha", task_files["alpha"][0], **FAST)
+    before = tree_hashes(bank.path / "tasks" / "alpha")
+    bank.add_task("beta", task_files["beta"][0], kind="prompt", **FAST)
+    bank.add_task("gamma", task_files["gamma"][0], **FAST)
+    assert tree_hashes(bank.path / "tasks" / "alpha") == before
+    assert [t.name for t in bank.tasks()] == ["alpha", "beta", "gamma"]
+    record = bank.task("alpha").record
+    assert record["files"] == {k: v for k, v in before.items() if k != "task.json"}
+
+
+def test_task_agnostic_prediction_over_all_labels(bank, task_files):
+    gold, texts = [], []
+    for task, (train, test) in task_files.items():
+        bank.add_task(task, train, eval=test, kind="lora", **FAST)
+        data = load_dataset(test)
+        texts += data.texts
+        gold += data.targets
+    predictions = AdapterBank.open(bank.path, device="cpu").predict(texts)
+    accuracy = sum(p.label == g for p, g in zip(predictions, gold)) / len(gold)
+    task_of = {label: task for task, labels in TASK_LABELS.items() for label in labels}
+    routing = sum(p.task == task_of[g] for p, g in zip(predictions, gold)) / len(gold)
+    assert routing >= 0.95, routing
+    assert accuracy >= 0.9, accuracy
+    assert bank.task("beta").record["metrics"]["eval_accuracy"] >= 0.9
+    assert all(len(p.candidates) == 3 and p.candidates[0][0] == p.task for p in predictions)
+
+
+def test_single_label_task_is_router_only(bank, task_files):
+    bank.add_task("alpha", task_files["alpha"][0], **FAST)
+    info = bank.add_task("gamma", task_files["gamma"][0], **FAST)
+    assert info.kind is None and info.labels == ["g_one"]
+    assert sorted(p.name for p in info.path.iterdir()) == ["router.safetensors", "task.json"]
+    gamma_texts = load_dataset(task_files["gamma"][1]).texts
+    predictions = bank.predict(gamma_texts)
+    assert all(p.label == "g_one" and p.task == "gamma" for p in predictions)
+    assert all(0.5 < p.score <= 1.0 for p in predictions)
+
+
+def test_bank_with_only_a_single_label_task_predicts_it(bank, task_files):
+    bank.add_task("gamma", task_files["gamma"][0], **FAST)
+    assert {p.label for p in bank.predict(["anything at all", "mnop"])} == {"g_one"}
+
+
+def test_same_seed_gives_same_module(tmp_path, tiny_base, task_files):
+    heads = []
+    for run in ("one", "two"):
+        bank = AdapterBank.create(tmp_path / run, base=tiny_base, device="cpu")
+        info = bank.add_task("alpha", task_files["alpha"][0], seed=3, **FAST)
+        heads.append(CosineHead.load(info.path).weight.detach())
+    assert torch.allclose(heads[0], heads[1], atol=1e-6)
+
+
+def test_bank_json_records_base_and_other_base_is_refused(bank, tiny_base, other_tiny_base):
+    manifest = json.loads((bank.path / "bank.json").read_text())
+    assert manifest["base"]["id"] == tiny_base
+    assert manifest["base"]["fingerprint"].startswith("sha256:")
+    assert AdapterBank.open(bank.path, base=tiny_base, device="cpu").base_id == tiny_base
+    with pytest.raises(BaseMismatchError, match="does not match the bank's base"):
+        AdapterBank.open(bank.path, base=other_tiny_base, device="cpu")
+
+
+def test_unknown_model_and_existing_bank_create_nothing(tmp_path, tiny_base, bank):
+    with pytest.raises(ModelNotFoundError, match="no such directory"):
+        AdapterBank.create(tmp_path / "new", base=str(tmp_path / "missing-model"))
+    with pytest.raises(ModelNotFoundError, match="cannot load base model 'nobody/no-such-model'"):
+        AdapterBank.create(tmp_path / "new", base="nobody/no-such-model")
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(BankError, match="already exists"):
+        AdapterBank.create(bank.path, base=tiny_base)
+
+
+def test_bad_input_leaves_bank_unchanged(tmp_path, bank, task_files):
+    bank.add_task("alpha", task_files["alpha"][0], **FAST)
+    before = tree_hashes(bank.path)
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"text": "x", "label": "a"}, {"text": "y"}])
+    cases = [
+        (DataError, dict(name="new", train=bad)),
+        (DataError, dict(name="new", train=tmp_path / "missing.jsonl")),
+        (DataError, dict(name="new", train=task_files["beta"][0], eval=task_files["alpha"][1])),
+        (TaskExistsError, dict(name="alpha", train=task_files["beta"][0])),
+        (InvalidNameError, dict(name="../x", train=task_files["beta"][0])),
+        (AdapterBankError, dict(name="new", train=task_files["beta"][0], kind="adapterfusion")),
+        (AdapterBankError, dict(name="new", train=task_files["beta"][0], rank=0)),
+    ]
+    for error, kwargs in cases:
+        with pytest.raises(error):
+            bank.add_task(**kwargs, **FAST)
+    assert tree_hashes(bank.path) == before
+    assert [t.name for t in AdapterBank.open(bank.path, lazy=True).tasks()] == ["alpha"]
+
+
+def test_remove_task_updates_routing(bank, task_files):
+    bank.add_task("alpha", task_files["alpha"][0], **FAST)
+    bank.add_task("beta", task_files["beta"][0], **FAST)
+    beta_texts = load_dataset(task_files["beta"][1]).texts[:4]
+    assert {p.task for p in bank.predict(beta_texts)} == {"beta"}
+    bank.remove_task("beta")
+    assert {p.task for p in bank.predict(beta_texts)} == {"alpha"}
+    assert not (bank.path / "tasks" / "beta").exists()
+
+
+def test_predict_on_empty_bank_and_bad_texts(bank, task_files):
+    with pytest.raises(BankError, match="has no tasks yet"):
+        bank.predict(["hello"])
+    bank.add_task("alpha", task_files["alpha"][0], **FAST)
+    assert bank.predict([]) == []
+    assert len(bank.predict("a single string")) == 1
+    with pytest.raises(DataError, match="text #2: expected a string"):
+        bank.predict(["ok", 3])
