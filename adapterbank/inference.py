@@ -16,6 +16,7 @@ import torch
 from peft import PeftModel
 
 from .adapters import prompt as prompt_kind
+from .adapters import quiet_peft
 from .encoding import mean_pool
 from .heads import CosineHead
 
@@ -41,10 +42,11 @@ class ModuleRunner:
             return self.loaded[name]
         head = CosineHead.load(task_dir).to(self.device)
         if kind == "lora":
-            if self.peft is None:
-                self.peft = PeftModel.from_pretrained(self.model, str(task_dir), adapter_name=name)
-            else:
-                self.peft.load_adapter(str(task_dir), adapter_name=name)
+            with quiet_peft():
+                if self.peft is None:
+                    self.peft = PeftModel.from_pretrained(self.model, str(task_dir), adapter_name=name)
+                else:
+                    self.peft.load_adapter(str(task_dir), adapter_name=name)
             self.peft.eval()
             module = LoadedModule(kind, head)
         else:

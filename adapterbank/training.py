@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import random
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -18,7 +17,7 @@ import torch
 from peft import get_peft_model
 from tqdm.auto import tqdm
 
-from .adapters import kind_module
+from .adapters import kind_module, quiet_peft
 from .encoding import collate, length_batches, mean_pool, pad_id_of
 from .heads import CosineHead
 
@@ -79,8 +78,7 @@ def train_classifier(
     rng = random.Random(config.seed)
     device = next(base_model.parameters()).device
     peft_config = kind.make_config(base_model, rank=config.rank, virtual_tokens=config.virtual_tokens)
-    with warnings.catch_warnings():  # PEFT calls a transformers API that transformers has deprecated
-        warnings.simplefilter("ignore", FutureWarning)
+    with quiet_peft():
         peft_model = get_peft_model(copy.deepcopy(base_model), peft_config)
     head = CosineHead(prototypes).to(device)
     epochs, lr = config.resolved_epochs(len(token_ids)), config.resolved_lr()
