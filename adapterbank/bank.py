@@ -15,9 +15,8 @@ from .adapters import kind_module
 from .data import Dataset, load_dataset
 from .encoding import DEFAULT_MAX_LENGTH, collate, frozen_embeddings, length_batches, pad_id_of, tokenize
 from .errors import AdapterBankError, BankError, BaseMismatchError, DataError
-from .heads import CosineHead
 from .inference import ModuleRunner
-from .models import DEFAULT_BASE, Base, canonical_base_id, load_base, resolve_device
+from .models import DEFAULT_BASE, Base, load_base, resolve_device
 from .registry import Registry
 from .routing import PrototypeRouter, class_statistics, load_statistics, save_statistics
 from .training import TrainConfig, classify, train_classifier
@@ -80,10 +79,8 @@ class AdapterBank:
     @classmethod
     def create(cls, path: str | os.PathLike, base: str = DEFAULT_BASE, device: str = "auto") -> "AdapterBank":
         """Make a new bank at `path` (must not exist, or be empty) over `base` (hub id, local dir, or `minilm`)."""
-        resolved_device = resolve_device(device)
-        if Path(path).expanduser().exists() and (not Path(path).is_dir() or any(Path(path).iterdir())):
-            raise BankError(f"{path}: already exists and is not an empty directory")
-        loaded = load_base(base, resolved_device)  # fails before anything is written
+        Registry.ensure_creatable(path)  # checked before the (slow) model load; nothing is written until both pass
+        loaded = load_base(base, resolve_device(device))
         manifest = {
             "adapterbank_version": __version__,
             "base": {"id": loaded.model_id, "fingerprint": loaded.fingerprint,
@@ -227,7 +224,7 @@ class AdapterBank:
             raise BankError(f"bank {self.path} has no tasks yet; add one with `adapterbank add-task`")
         if not texts:
             return []
-        base, router, runner = self.base, self._get_router(), self._get_runner()
+        base, router, runner = self.base, self._get_router(list(records)), self._get_runner()
         max_length = max(info.record.get("hyperparameters", {}).get("max_length", DEFAULT_MAX_LENGTH) for info in records.values())
         token_ids = tokenize(base.tokenizer, texts, max_length)
         results: list[Prediction | None] = [None] * len(texts)
@@ -253,11 +250,12 @@ class AdapterBank:
                     )
         return results  # type: ignore[return-value]
 
-    def _get_router(self) -> PrototypeRouter:
-        if self._router is None:
+    def _get_router(self, task_names: list[str]) -> PrototypeRouter:
+        """The router over `task_names`; rebuilt when another process added or removed tasks meanwhile."""
+        if self._router is None or self._router.task_names != task_names:
             router = PrototypeRouter()
-            for info in self.tasks():
-                router.add_task(info.name, load_statistics(info.path))
+            for name in task_names:
+                router.add_task(name, load_statistics(self.registry.task_dir(name)))
             self._router = router
         return self._router
 

@@ -96,12 +96,18 @@ class Registry:
         self.manifest = manifest
 
     # -- bank ---------------------------------------------------------------------------------
-    @classmethod
-    def create(cls, root: str | Path, manifest: dict) -> "Registry":
-        """Create a new bank; refuses a path that exists and is not an empty directory."""
+    @staticmethod
+    def ensure_creatable(root: str | Path) -> Path:
+        """A bank may be created where nothing exists yet, or in an empty directory."""
         root = Path(root).expanduser()
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
             raise BankError(f"{root}: already exists and is not an empty directory")
+        return root
+
+    @classmethod
+    def create(cls, root: str | Path, manifest: dict) -> "Registry":
+        """Create a new bank; refuses a path that exists and is not an empty directory."""
+        root = cls.ensure_creatable(root)
         created_root = not root.exists()
         try:
             (root / "tasks").mkdir(parents=True, exist_ok=True)

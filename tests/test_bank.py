@@ -158,3 +158,11 @@ def test_predict_on_empty_bank_and_bad_texts(bank, task_files):
     assert len(bank.predict("a single string")) == 1
     with pytest.raises(DataError, match="text #2: expected a string"):
         bank.predict(["ok", 3])
+
+
+def test_open_bank_sees_tasks_added_by_another_writer(bank, tiny_base, task_files):
+    bank.add_task("alpha", task_files["alpha"][0], **FAST)
+    beta_texts = load_dataset(task_files["beta"][1]).texts[:4]
+    assert {p.task for p in bank.predict(beta_texts)} == {"alpha"}
+    AdapterBank.open(bank.path, device="cpu").add_task("beta", task_files["beta"][0], **FAST)  # e.g. another process
+    assert {p.task for p in bank.predict(beta_texts)} == {"beta"}
