@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from . import __version__
 from .adapters import kind_module
@@ -178,6 +179,7 @@ class AdapterBank:
             max_length = positions - reserved  # the soft prompt occupies positions too
         config = TrainConfig(kind=kind, rank=rank, virtual_tokens=virtual_tokens, epochs=epochs, lr=lr,
                              batch_size=batch_size, seed=seed, max_length=max_length)
+        started = time.perf_counter()
         token_ids = tokenize(base.tokenizer, train_set.texts, max_length)
         embeddings = frozen_embeddings(base.model, base.tokenizer, token_ids)
         stats = class_statistics(embeddings, train_set.targets, labels)
@@ -186,19 +188,16 @@ class AdapterBank:
                   "data": {"train_fingerprint": train_set.fingerprint(), "train_examples": len(train_set),
                            "train_source": train_set.source}}
         trained = None
-        started = time.perf_counter()
         if len(labels) > 1:
             index = {label: i for i, label in enumerate(labels)}
             trained = train_classifier(base.model, base.tokenizer, token_ids, [index[t] for t in train_set.targets],
                                        stats["prototypes"], config, progress=progress, description=f"add-task {name}")
             record.update(kind=kind, hyperparameters=trained.hyperparameters, metrics=dict(trained.metrics))
             if eval_set is not None:
-                eval_ids = tokenize(base.tokenizer, eval_set.texts, max_length)
-                predicted = classify(trained.peft_model, trained.head, base.tokenizer, eval_ids).argmax(-1)
-                correct = sum(labels[p] == t for p, t in zip(predicted.tolist(), eval_set.targets))
-                record["metrics"]["eval_accuracy"] = round(correct / len(eval_set), 6)
+                record["metrics"]["eval_accuracy"] = _accuracy(trained, base.tokenizer, eval_set, labels, max_length)
                 record["data"].update(eval_fingerprint=eval_set.fingerprint(), eval_examples=len(eval_set))
         else:
+            record["hyperparameters"] = {"max_length": max_length}
             record["metrics"] = {"note": "single label: no module trained, the router alone selects this task"}
         record["metrics"]["add_task_seconds"] = round(time.perf_counter() - started, 3)
         with self.registry.stage_task(name, record) as staging:
@@ -212,7 +211,7 @@ class AdapterBank:
         return self.task(name)
 
     # -- inference ------------------------------------------------------------------------------
-    def predict(self, texts: Sequence[str], top_k: int = 3, batch_size: int = 64) -> list[Prediction]:
+    def predict(self, texts: Sequence[str], top_k: int = 3, batch_size: int = 64, progress: bool = False) -> list[Prediction]:
         """Label each text over every label of every task, without being told the task."""
         if isinstance(texts, str):
             texts = [texts]
@@ -228,9 +227,9 @@ class AdapterBank:
         max_length = max(info.record.get("hyperparameters", {}).get("max_length", DEFAULT_MAX_LENGTH) for info in records.values())
         token_ids = tokenize(base.tokenizer, texts, max_length)
         results: list[Prediction | None] = [None] * len(texts)
-        for batch in length_batches(token_ids, batch_size):
+        for batch in tqdm(length_batches(token_ids, batch_size), desc="predict", unit="batch", disable=not progress, leave=False):
             input_ids, mask = collate([token_ids[i] for i in batch], pad_id_of(base.tokenizer), self.device)
-            routes = router.route(runner.frozen_features(input_ids, mask), top_k=top_k)
+            routes = router.route(runner.frozen_features(input_ids, mask).cpu(), top_k=top_k)
             groups: dict[str, list[int]] = {}
             for row, route in enumerate(routes):
                 groups.setdefault(route.tasks[0], []).append(row)
@@ -271,6 +270,13 @@ def _as_dataset(data: DataLike) -> Dataset:
     if isinstance(data, (str, os.PathLike)):
         return load_dataset(data)
     raise AdapterBankError(f"expected a dataset path or Dataset, got {type(data).__name__}")
+
+
+def _accuracy(trained, tokenizer, data: Dataset, labels: list[str], max_length: int) -> float:
+    """Within-task accuracy of a freshly trained module on labelled data."""
+    token_ids = tokenize(tokenizer, data.texts, max_length)
+    predicted = classify(trained.peft_model, trained.head, tokenizer, token_ids).argmax(-1).tolist()
+    return round(sum(labels[p] == t for p, t in zip(predicted, data.targets)) / len(data), 6)
 
 
 def _check_positive(**values: float) -> None:

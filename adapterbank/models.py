@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ModelNotFoundError
+from .errors import AdapterBankError, ModelNotFoundError
 
 DEFAULT_BASE = "sentence-transformers/all-MiniLM-L6-v2"
 # Short names and hub ids that resolve to a model shipped inside a pip package (no network needed).
@@ -34,9 +34,9 @@ def resolve_device(device: str = "auto") -> torch.device:
     try:
         resolved = torch.device(device)
     except RuntimeError:
-        raise ModelNotFoundError(f"unknown device {device!r}; use auto, cpu or cuda[:N]") from None
+        raise AdapterBankError(f"unknown device {device!r}; use auto, cpu or cuda[:N]") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ModelNotFoundError(f"device {device!r} requested but CUDA is not available")
+        raise AdapterBankError(f"device {device!r} requested but CUDA is not available on this machine")
     return resolved
 
 

@@ -126,7 +126,7 @@ def predict(
     if bool(text) == (input_path is not None):
         _fail("give texts with --text or a file with --input (one of the two)")
     texts, gold = (list(text), None) if text else load_texts(input_path)
-    predictions = _open(bank, device).predict(texts, top_k=top_k)
+    predictions = _open(bank, device).predict(texts, top_k=top_k, progress=input_path is not None)
     for item, prediction in zip(texts, predictions):
         if as_json:
             typer.echo(json.dumps({"text": item, **prediction.to_dict()}, ensure_ascii=False))

@@ -54,7 +54,7 @@ def test_init_add_list_show_predict_remove(cli_bank, task_files):
     assert rows[1]["task"] == "beta" and rows[1]["label"] in {"b_one", "b_two", "b_three"}
     code, out = invoke("predict", cli_bank, "--input", test)
     assert code == 0 and len([line for line in out.splitlines() if "\t" in line]) == 16
-    assert re.match(r"accuracy: \d+\.\d\d% \(16 texts\)", invoke.stderr)
+    assert re.search(r"^accuracy: \d+\.\d\d% \(16 texts\)$", invoke.stderr.replace("\r", "\n"), re.M)
     code, out = invoke("remove", cli_bank, "beta")
     assert code == 0 and json.loads(invoke("list", cli_bank, "--json")[1])["tasks"][0]["name"] == "alpha"
 
