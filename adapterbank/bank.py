@@ -1,26 +1,23 @@
-"""AdapterBank: the one object users touch. Create/open a bank, add tasks, predict without task ids."""
+"""AdapterBank: the one object users touch. Create/open a bank, add tasks, predict without task ids.
+
+torch, transformers and PEFT are imported inside the methods that train or predict, so listing,
+showing and removing tasks start in a fraction of a second.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import torch
-from tqdm.auto import tqdm
-
 from . import __version__
-from .adapters import kind_module
 from .data import Dataset, load_dataset
-from .encoding import DEFAULT_MAX_LENGTH, collate, frozen_embeddings, length_batches, pad_id_of, tokenize
 from .errors import AdapterBankError, BankError, BaseMismatchError, DataError
-from .inference import ModuleRunner
-from .models import DEFAULT_BASE, Base, load_base, resolve_device
+from .models import DEFAULT_BASE, DEFAULT_MAX_LENGTH, Base, load_base, resolve_device
 from .registry import Registry
-from .routing import PrototypeRouter, class_statistics, load_statistics, save_statistics
-from .training import TrainConfig, classify, train_classifier
 
 
 @dataclass
@@ -70,11 +67,11 @@ class AdapterBank:
 
     def __init__(self, registry: Registry, device: str = "auto", base_override: str | None = None):
         self.registry = registry
-        self.device = resolve_device(device)
+        self._device_spec = device
         self._base_spec = base_override
         self._base: Base | None = None
-        self._router: PrototypeRouter | None = None
-        self._runner: ModuleRunner | None = None
+        self._router = None  # routing.PrototypeRouter, built on first predict
+        self._runner = None  # inference.ModuleRunner, built on first predict
 
     # -- lifecycle ------------------------------------------------------------------------------
     @classmethod
@@ -106,6 +103,11 @@ class AdapterBank:
     @property
     def path(self) -> Path:
         return self.registry.root
+
+    @functools.cached_property
+    def device(self):
+        """The torch device modules run on (resolved from `device=` when first needed)."""
+        return resolve_device(self._device_spec)
 
     @property
     def base_id(self) -> str:
@@ -161,8 +163,10 @@ class AdapterBank:
         A task with a single label gets no module or head (there is nothing to discriminate): the
         router alone decides when its texts are meant, and predictions return its one label.
         """
+        from .adapters import check_kind
+
         self.registry.ensure_new_name(name)
-        kind_module(kind)
+        check_kind(kind)
         _check_positive(rank=rank, virtual_tokens=virtual_tokens, batch_size=batch_size, max_length=max_length,
                         epochs=epochs if epochs is not None else 1, lr=lr if lr is not None else 1.0)
         train_set = _as_dataset(train)
@@ -172,6 +176,10 @@ class AdapterBank:
             unknown = sorted(set(eval_set.labels) - set(labels))
             if unknown:
                 raise DataError(f"{eval_set.source}: labels not in the training data: {', '.join(unknown[:5])}")
+        from .encoding import frozen_embeddings, tokenize  # heavy (torch, PEFT): only once the input is valid
+        from .routing import class_statistics, save_statistics
+        from .training import TrainConfig, train_classifier
+
         base = self.base
         positions = getattr(base.model.config, "max_position_embeddings", None)
         reserved = virtual_tokens if kind == "prompt" else 0
@@ -213,6 +221,11 @@ class AdapterBank:
     # -- inference ------------------------------------------------------------------------------
     def predict(self, texts: Sequence[str], top_k: int = 3, batch_size: int = 64, progress: bool = False) -> list[Prediction]:
         """Label each text over every label of every task, without being told the task."""
+        import torch
+        from tqdm.auto import tqdm
+
+        from .encoding import collate, length_batches, pad_id_of, tokenize
+
         if isinstance(texts, str):
             texts = [texts]
         for i, text in enumerate(texts):
@@ -249,8 +262,10 @@ class AdapterBank:
                     )
         return results  # type: ignore[return-value]
 
-    def _get_router(self, task_names: list[str]) -> PrototypeRouter:
+    def _get_router(self, task_names: list[str]):
         """The router over `task_names`; rebuilt when another process added or removed tasks meanwhile."""
+        from .routing import PrototypeRouter, load_statistics
+
         if self._router is None or self._router.task_names != task_names:
             router = PrototypeRouter()
             for name in task_names:
@@ -258,7 +273,9 @@ class AdapterBank:
             self._router = router
         return self._router
 
-    def _get_runner(self) -> ModuleRunner:
+    def _get_runner(self):
+        from .inference import ModuleRunner
+
         if self._runner is None:
             self._runner = ModuleRunner(self.base.model)
         return self._runner
@@ -274,6 +291,9 @@ def _as_dataset(data: DataLike) -> Dataset:
 
 def _accuracy(trained, tokenizer, data: Dataset, labels: list[str], max_length: int) -> float:
     """Within-task accuracy of a freshly trained module on labelled data."""
+    from .encoding import tokenize
+    from .training import classify
+
     token_ids = tokenize(tokenizer, data.texts, max_length)
     predicted = classify(trained.peft_model, trained.head, tokenizer, token_ids).argmax(-1).tolist()
     return round(sum(labels[p] == t for p, t in zip(predicted, data.targets)) / len(data), 6)

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import torch
 
-DEFAULT_MAX_LENGTH = 128
+from .models import DEFAULT_MAX_LENGTH
 
 
 def tokenize(tokenizer, texts: Sequence[str], max_length: int = DEFAULT_MAX_LENGTH) -> list[list[int]]:

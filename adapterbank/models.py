@@ -7,14 +7,17 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import AdapterBankError, ModelNotFoundError
 
 DEFAULT_BASE = "sentence-transformers/all-MiniLM-L6-v2"
+DEFAULT_MAX_LENGTH = 128  # tokens per text; longer texts are truncated
 # Short names and hub ids that resolve to a model shipped inside a pip package (no network needed).
 _PACKAGED_ALIASES = {"minilm", "all-minilm-l6-v2", DEFAULT_BASE.lower()}
+
+if TYPE_CHECKING:  # torch is imported where it is used, so commands that need no model start fast
+    import torch
 
 
 @dataclass
@@ -22,13 +25,15 @@ class Base:
     """A loaded base: the recorded id, the directory it loaded from, the model and its tokenizer."""
 
     model_id: str
-    model: torch.nn.Module
+    model: "torch.nn.Module"
     tokenizer: object
     fingerprint: str
 
 
-def resolve_device(device: str = "auto") -> torch.device:
+def resolve_device(device: "str | torch.device" = "auto") -> "torch.device":
     """`auto` picks CUDA when present, else CPU; anything else is passed to torch (`cpu`, `cuda:1`, ...)."""
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -61,7 +66,7 @@ def _load_location(model_id: str) -> str:
     return model_id
 
 
-def load_base(spec: str, device: str | torch.device = "cpu") -> Base:
+def load_base(spec: str, device: "str | torch.device" = "cpu") -> Base:
     """Load an encoder base (AutoModel + tokenizer), frozen and in eval mode, and fingerprint it."""
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -96,8 +101,10 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or os.sep != "/" and os.sep in spec
 
 
-def fingerprint_model(model: torch.nn.Module) -> str:
+def fingerprint_model(model: "torch.nn.Module") -> str:
     """sha256 over the config and every weight (name, dtype, shape, bytes): detects any change of base."""
+    import torch
+
     digest = hashlib.sha256()
     config = model.config.to_dict()
     for volatile in ("_name_or_path", "transformers_version", "torch_dtype", "dtype"):

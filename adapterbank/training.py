@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from .adapters import kind_module, quiet_peft
 from .encoding import collate, length_batches, mean_pool, pad_id_of
 from .heads import CosineHead
+from .models import DEFAULT_MAX_LENGTH
 
 HEAD_LR = 1e-2
 
@@ -33,7 +34,7 @@ class TrainConfig:
     lr: float | None = None  # None: the kind's default
     batch_size: int = 32
     seed: int = 0
-    max_length: int = 128
+    max_length: int = DEFAULT_MAX_LENGTH
 
     MIN_STEPS = 120
 

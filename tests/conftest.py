@@ -14,9 +14,6 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
-DEMO_DATA = Path(__file__).resolve().parents[1] / "adapterbank" / "demo_data"
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
 
 def _write_tiny_bert(directory: Path, seed: int) -> Path:
     """A 2-layer, 32-wide BERT with a character-level WordPiece vocab, so any ASCII text tokenizes."""

@@ -140,6 +140,20 @@ def test_bad_input_leaves_bank_unchanged(tmp_path, bank, task_files):
     assert [t.name for t in AdapterBank.open(bank.path, lazy=True).tasks()] == ["alpha"]
 
 
+def test_failure_during_training_leaves_bank_unchanged(bank, task_files, monkeypatch):
+    bank.add_task("alpha", task_files["alpha"][0], **FAST)
+    before = tree_hashes(bank.path)
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt  # the user pressing Ctrl-C mid-training
+
+    monkeypatch.setattr("adapterbank.training.train_classifier", crash)
+    with pytest.raises(KeyboardInterrupt):
+        bank.add_task("beta", task_files["beta"][0], **FAST)
+    assert tree_hashes(bank.path) == before
+    assert [t.name for t in bank.tasks()] == ["alpha"]
+
+
 def test_remove_task_updates_routing(bank, task_files):
     bank.add_task("alpha", task_files["alpha"][0], **FAST)
     bank.add_task("beta", task_files["beta"][0], **FAST)

@@ -100,6 +100,23 @@ def test_console_script_runs_and_help_documents_commands():
         assert option in out
 
 
+def test_list_and_bad_input_do_not_load_torch(cli_bank, tmp_path):
+    """Commands that need no model must not pay for importing torch/PEFT (seconds on a laptop)."""
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "a"}\n')
+    script = (
+        "import sys; from adapterbank_cli.main import main\n"
+        f"for argv in (['list', {str(cli_bank)!r}], ['add-task', {str(cli_bank)!r}, 'x', '--train', {str(bad)!r}]):\n"
+        "    sys.argv = ['adapterbank', *argv]\n"
+        "    try: main()\n"
+        "    except SystemExit: pass\n"
+        "print('torch' in sys.modules, 'peft' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert "missing field 'label'" in result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "False False"
+
+
 def test_wheel_installs_cli_under_a_unique_name(tmp_path):
     """No generic top-level `cli` package may land in site-packages."""
     root = Path(__file__).resolve().parents[1]

@@ -1,28 +1,40 @@
 """End to end on the real all-MiniLM-L6-v2 (packaged, offline) with the shipped demo data."""
 
+import re
+import sys
+
 import pytest
 from peft import PeftModel
 from transformers import AutoModel
 
 from adapterbank import AdapterBank, load_dataset
-from adapterbank.demo import DEMO_TASKS, demo_data_dir, run_demo
+from adapterbank.demo import DEMO_TASKS, demo_data_dir
+from adapterbank_cli.main import main
 from adapterbank.models import DEFAULT_BASE, _load_location
 
 pytestmark = pytest.mark.integration
 
 
-def test_demo_builds_bank_and_routes_every_task(tmp_path):
-    lines = []
-    result = run_demo(tmp_path / "bank", kind="lora", device="cpu", progress=False, echo=lines.append)
-    assert result.accuracy >= 0.95, result.accuracy
-    routed = {task: sum(p.task == task for p, g in zip(result.predictions, result.gold) if g in result.bank.task(task).labels)
-              for task in DEMO_TASKS}
-    assert all(count >= 5 for count in routed.values()), routed
+def _demo_labels() -> set[str]:
+    return {label for task in DEMO_TASKS for label in load_dataset(demo_data_dir() / task / "train.jsonl").labels}
+
+
+def test_demo_command_builds_bank_and_routes_every_task(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["adapterbank", "demo", "--bank", str(tmp_path / "bank"), "--device", "cpu"])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    out = capsys.readouterr().out
+    assert exited.value.code in (0, None)
+    assert "[1/4] add-task banking" in out and "4 task(s)" in out
+    accuracy = float(re.search(r"task-agnostic accuracy: ([\d.]+)%", out).group(1))
+    assert accuracy >= 95.0, out
+    rows = [line.split() for line in out.splitlines() if line.startswith("  ") and line.rstrip().endswith(tuple(_demo_labels()))]
+    assert {row[-3] for row in rows} >= set(DEMO_TASKS)  # every task's texts were routed to it at least once
     reopened = AdapterBank.open(tmp_path / "bank", device="cpu")  # fingerprint of the real base checks out
     assert [t.name for t in reopened.tasks()] == list(DEMO_TASKS)
     assert reopened.task("greeting").kind is None
-    assert [p.label for p in reopened.predict(result.texts[:5])] == [p.label for p in result.predictions[:5]]
-    assert any("[1/4] add-task banking" in line for line in lines)
+    test = load_dataset(demo_data_dir() / "travel" / "test.jsonl")
+    assert sum(p.label == g for p, g in zip(reopened.predict(test.texts), test.targets)) >= len(test) - 1
     lora = PeftModel.from_pretrained(AutoModel.from_pretrained(_load_location(DEFAULT_BASE)), str(reopened.task("banking").path))
     assert lora.peft_config["default"].peft_type == "LORA"
 

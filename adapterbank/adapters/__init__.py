@@ -1,20 +1,26 @@
-"""Adapter kinds. Each module builds the PEFT config for training and applies a saved module at inference."""
+"""Adapter kinds. Each module builds the PEFT config for training and applies a saved module at inference.
+
+Kind modules import PEFT, so they are loaded on first use: validating a kind name stays cheap.
+"""
 
 import contextlib
+import importlib
 import warnings
 
-from . import lora, prompt
+KINDS = ("lora", "prompt")
 
-KINDS = {"lora": lora, "prompt": prompt}
+
+def check_kind(kind: str) -> str:
+    from ..errors import AdapterBankError
+
+    if kind not in KINDS:
+        raise AdapterBankError(f"unknown module kind {kind!r}; choose one of: {', '.join(KINDS)}")
+    return kind
 
 
 def kind_module(kind: str):
-    from ..errors import AdapterBankError
-
-    try:
-        return KINDS[kind]
-    except KeyError:
-        raise AdapterBankError(f"unknown module kind {kind!r}; choose one of: {', '.join(KINDS)}") from None
+    """The module (adapters.lora or adapters.prompt) implementing `kind`."""
+    return importlib.import_module(f"{__name__}.{check_kind(kind)}")
 
 
 @contextlib.contextmanager
