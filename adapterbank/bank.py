@@ -72,6 +72,7 @@ class AdapterBank:
         self._base: Base | None = None
         self._router = None  # routing.PrototypeRouter, built on first predict
         self._runner = None  # inference.ModuleRunner, built on first predict
+        self._synced: dict[str, str] = {}  # task name -> task id the router and runner were built for
 
     # -- lifecycle ------------------------------------------------------------------------------
     @classmethod
@@ -139,9 +140,6 @@ class AdapterBank:
 
     def remove_task(self, name: str) -> None:
         self.registry.remove_task(name)
-        self._router = None
-        if self._runner is not None and name in self._runner.loaded:
-            self._runner = None  # simplest correct reset: adapters are reloaded lazily
 
     def add_task(
         self,
@@ -214,8 +212,6 @@ class AdapterBank:
                 (staging / "README.md").unlink(missing_ok=True)  # PEFT's model card: only JSON + safetensors here
                 trained.head.save(staging)
             save_statistics(staging, stats)
-        if self._router is not None:
-            self._router.add_task(name, stats)
         return self.task(name)
 
     # -- inference ------------------------------------------------------------------------------
@@ -236,7 +232,8 @@ class AdapterBank:
             raise BankError(f"bank {self.path} has no tasks yet; add one with `adapterbank add-task`")
         if not texts:
             return []
-        base, router, runner = self.base, self._get_router(list(records)), self._get_runner()
+        base = self.base
+        router, runner = self._sync(records)
         max_length = max(info.record.get("hyperparameters", {}).get("max_length", DEFAULT_MAX_LENGTH) for info in records.values())
         token_ids = tokenize(base.tokenizer, texts, max_length)
         results: list[Prediction | None] = [None] * len(texts)
@@ -262,23 +259,25 @@ class AdapterBank:
                     )
         return results  # type: ignore[return-value]
 
-    def _get_router(self, task_names: list[str]):
-        """The router over `task_names`; rebuilt when another process added or removed tasks meanwhile."""
+    def _sync(self, records: dict[str, TaskInfo]):
+        """Router and module runner for the tasks on disk now. Tasks added, removed or replaced since
+        the last call (by this object or another process) are picked up; a runner holding a module
+        that changed is rebuilt, its modules reloading lazily."""
+        from .inference import ModuleRunner
         from .routing import PrototypeRouter, load_statistics
 
-        if self._router is None or self._router.task_names != task_names:
+        current = {name: info.record.get("id", "") for name, info in records.items()}
+        if self._router is None or current != self._synced:
             router = PrototypeRouter()
-            for name in task_names:
-                router.add_task(name, load_statistics(self.registry.task_dir(name)))
+            for name, info in records.items():
+                router.add_task(name, load_statistics(info.path))
             self._router = router
-        return self._router
-
-    def _get_runner(self):
-        from .inference import ModuleRunner
-
+            if self._runner is not None and any(current.get(n) != self._synced.get(n) for n in self._runner.loaded):
+                self._runner = None
+            self._synced = current
         if self._runner is None:
             self._runner = ModuleRunner(self.base.model)
-        return self._runner
+        return self._router, self._runner
 
 
 def _as_dataset(data: DataLike) -> Dataset:

@@ -174,7 +174,7 @@ class Registry:
     def stage_task(self, name: str, record: dict) -> Iterator[Path]:
         """Yield an empty temp directory to write a task into; on clean exit, publish it atomically.
 
-        `task.json` (with `record`, a sequence number and each file's sha256) is written last, then the
+        `task.json` (with `record`, a unique id, a sequence number for ordering and each file's sha256) is written last, then the
         directory is renamed into `tasks/<name>` under the lock. On any error the temp dir is removed.
         """
         self.ensure_new_name(name)
@@ -187,7 +187,8 @@ class Registry:
             with self.lock():
                 self.ensure_new_name(name)
                 sequence = 1 + max((self.read_task(n).get("sequence", 0) for n in self.task_names()), default=0)
-                full = {"name": name, "sequence": sequence, "created_at": _now(), **record, "files": files}
+                full = {"name": name, "id": uuid.uuid4().hex, "sequence": sequence, "created_at": _now(), **record,
+                        "files": files}
                 write_json_atomic(staging / TASK_MANIFEST, full)
                 os.rename(staging, self.tasks_dir / name)
                 _fsync_dir(self.tasks_dir)

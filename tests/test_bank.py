@@ -178,5 +178,11 @@ def test_open_bank_sees_tasks_added_by_another_writer(bank, tiny_base, task_file
     bank.add_task("alpha", task_files["alpha"][0], **FAST)
     beta_texts = load_dataset(task_files["beta"][1]).texts[:4]
     assert {p.task for p in bank.predict(beta_texts)} == {"alpha"}
-    AdapterBank.open(bank.path, device="cpu").add_task("beta", task_files["beta"][0], **FAST)  # e.g. another process
+    other = AdapterBank.open(bank.path, device="cpu")  # e.g. another process
+    other.add_task("beta", task_files["beta"][0], **FAST)
     assert {p.task for p in bank.predict(beta_texts)} == {"beta"}
+    # the other writer replaces "beta" (whose module this bank has loaded) by a module with other weights
+    other.remove_task("beta")
+    other.add_task("beta", task_files["beta"][0], seed=7, epochs=2, progress=False)
+    fresh = AdapterBank.open(bank.path, device="cpu").predict(beta_texts)
+    assert [(p.label, p.score) for p in bank.predict(beta_texts)] == [(p.label, p.score) for p in fresh]
