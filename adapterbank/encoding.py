@@ -16,8 +16,13 @@ def tokenize(tokenizer, texts: Sequence[str], max_length: int = DEFAULT_MAX_LENG
 
 
 def length_batches(token_ids: Sequence[Sequence[int]], batch_size: int, rng: random.Random | None = None) -> list[list[int]]:
-    """Indices grouped into batches of similar length (little padding); batch order shuffled if `rng` is given."""
-    order = sorted(range(len(token_ids)), key=lambda i: len(token_ids[i]))
+    """Indices grouped into batches of similar length (little padding).
+
+    With `rng` (training), texts of equal length are shuffled before grouping and the batch order is
+    shuffled, so each epoch sees different batches; without it the grouping is deterministic.
+    """
+    tie_break = [rng.random() for _ in token_ids] if rng is not None else range(len(token_ids))
+    order = sorted(range(len(token_ids)), key=lambda i: (len(token_ids[i]), tie_break[i]))
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     if rng is not None:
         rng.shuffle(batches)

@@ -94,7 +94,7 @@ def train_classifier(
     labels = torch.tensor(list(targets), device=device)
     pad = pad_id_of(tokenizer)
     peft_model.train()
-    started, seen, loss_sum = time.perf_counter(), 0, 0.0
+    started, seen, final_loss = time.perf_counter(), 0, 0.0
     bar = tqdm(total=total, desc=description, unit="step", disable=not progress, leave=False)
     for epoch in range(epochs):
         epoch_loss = 0.0
@@ -110,14 +110,14 @@ def train_classifier(
             epoch_loss += loss.item() * len(batch)
             bar.update(1)
             bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", loss=f"{loss.item():.3f}")
-        loss_sum = epoch_loss / len(token_ids)
+        final_loss = epoch_loss / len(token_ids)  # mean loss over the last epoch
     bar.close()
     elapsed = time.perf_counter() - started
     peft_model.eval()
     head.eval()
     hyper = {"kind": config.kind, "epochs": epochs, "lr": lr, "head_lr": HEAD_LR, "batch_size": config.batch_size,
              "seed": config.seed, "max_length": config.max_length, **kind.hyperparameters(peft_config)}
-    metrics = {"train_loss": round(loss_sum, 6), "train_seconds": round(elapsed, 3),
+    metrics = {"train_loss": round(final_loss, 6), "train_seconds": round(elapsed, 3),
                "train_examples_per_s": round(seen / max(elapsed, 1e-9), 2)}
     return TrainedModule(peft_model, head, hyper, metrics)
 

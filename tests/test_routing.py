@@ -36,3 +36,18 @@ def test_statistics_round_trip_through_safetensors(tmp_path):
     save_statistics(tmp_path, stats)
     loaded = load_statistics(tmp_path)
     assert torch.equal(loaded["prototypes"], stats["prototypes"]) and torch.equal(loaded["counts"], stats["counts"])
+
+
+def test_length_batches_group_similar_lengths_and_vary_per_epoch():
+    import random
+
+    from adapterbank.encoding import length_batches
+
+    token_ids = [[0] * (i % 5 + 1) for i in range(40)]
+    fixed = length_batches(token_ids, 4)
+    assert fixed == length_batches(token_ids, 4) and sorted(i for b in fixed for i in b) == list(range(40))
+    assert all(len({len(token_ids[i]) for i in batch}) == 1 for batch in fixed)  # 8 texts of each length
+    rng = random.Random(0)
+    epochs = [length_batches(token_ids, 4, rng) for _ in range(2)]
+    assert {frozenset(b) for b in epochs[0]} != {frozenset(b) for b in epochs[1]}
+    assert all(sorted(i for b in e for i in b) == list(range(40)) for e in epochs)
