@@ -26,6 +26,7 @@ class Prediction:
 
     `score` is the router's probability for `task` times the module's probability for `label`;
     `candidates` lists the tasks the router considered, best first, with its probability for each.
+    `label`/`task` are typed optional for out-of-scope answers; today every text goes to its nearest task.
     """
 
     label: str | None
