@@ -133,7 +133,7 @@ class AdapterBank:
 
     # -- tasks ----------------------------------------------------------------------------------
     def tasks(self) -> list[TaskInfo]:
-        return [self.task(name) for name in self.registry.task_names()]
+        return [TaskInfo(name, self.registry.tasks_dir / name, record) for name, record in self.registry.read_tasks().items()]
 
     def task(self, name: str) -> TaskInfo:
         directory = self.registry.task_dir(name)

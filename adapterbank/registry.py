@@ -142,16 +142,17 @@ class Registry:
         return FileLock(str(self.root / ".bank.lock"), timeout=600)
 
     # -- tasks --------------------------------------------------------------------------------
+    def read_tasks(self) -> dict[str, dict]:
+        """Every complete task's task.json, by name, in the order the tasks were added."""
+        if not self.tasks_dir.is_dir():
+            return {}
+        records = {entry.name: self.read_task(entry.name) for entry in self.tasks_dir.iterdir()
+                   if not entry.name.startswith(".") and (entry / TASK_MANIFEST).is_file()}
+        return dict(sorted(records.items(), key=lambda item: (item[1].get("sequence", 0), item[0])))
+
     def task_names(self) -> list[str]:
         """Complete tasks in the order they were added."""
-        if not self.tasks_dir.is_dir():
-            return []
-        entries = []
-        for entry in self.tasks_dir.iterdir():
-            if entry.name.startswith(".") or not (entry / TASK_MANIFEST).is_file():
-                continue
-            entries.append((self.read_task(entry.name).get("sequence", 0), entry.name))
-        return [name for _, name in sorted(entries)]
+        return list(self.read_tasks())
 
     def has_task(self, name: str) -> bool:
         return (self.tasks_dir / name / TASK_MANIFEST).is_file()
@@ -186,7 +187,7 @@ class Registry:
             files = {p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file()}
             with self.lock():
                 self.ensure_new_name(name)
-                sequence = 1 + max((self.read_task(n).get("sequence", 0) for n in self.task_names()), default=0)
+                sequence = 1 + max((r.get("sequence", 0) for r in self.read_tasks().values()), default=0)
                 full = {"name": name, "id": uuid.uuid4().hex, "sequence": sequence, "created_at": _now(), **record,
                         "files": files}
                 write_json_atomic(staging / TASK_MANIFEST, full)
