@@ -167,7 +167,7 @@ class AdapterBank:
         self.registry.ensure_new_name(name)
         check_kind(kind)
         _check_positive(rank=rank, virtual_tokens=virtual_tokens, batch_size=batch_size, max_length=max_length,
-                        epochs=epochs if epochs is not None else 1, lr=lr if lr is not None else 1.0)
+                        epochs=epochs, lr=lr)
         train_set = _as_dataset(train)
         eval_set = _as_dataset(eval) if eval is not None else None
         labels = train_set.labels
@@ -299,7 +299,8 @@ def _accuracy(trained, tokenizer, data: Dataset, labels: list[str], max_length: 
     return round(sum(labels[p] == t for p, t in zip(predicted, data.targets)) / len(data), 6)
 
 
-def _check_positive(**values: float) -> None:
+def _check_positive(**values: float | None) -> None:
+    """Numeric options must be positive; None means "use the default" and passes."""
     for key, value in values.items():
-        if value <= 0:
+        if value is not None and value <= 0:
             raise AdapterBankError(f"{key} must be positive, got {value}")

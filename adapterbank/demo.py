@@ -38,18 +38,16 @@ def run_demo(bank_path: str | Path, kind: str = "lora", device: str = "auto", pr
     data = demo_data_dir()
     echo(f"Creating bank at {bank_path} (base: packaged all-MiniLM-L6-v2)")
     bank = AdapterBank.create(bank_path, device=device)
+    texts, gold = [], []
     for number, name in enumerate(DEMO_TASKS, start=1):
-        train = load_dataset(data / name / "train.jsonl")
+        train, test = load_dataset(data / name / "train.jsonl"), load_dataset(data / name / "test.jsonl")
+        texts += test.texts
+        gold += test.targets
         echo(f"[{number}/{len(DEMO_TASKS)}] add-task {name}: {len(train)} texts, labels {', '.join(train.labels)}")
-        info = bank.add_task(name, train, eval=data / name / "test.jsonl", kind=kind, progress=progress)
+        info = bank.add_task(name, train, eval=test, kind=kind, progress=progress)
         metrics = info.record["metrics"]
         accuracy = metrics.get("eval_accuracy")
         summary = f"eval accuracy {accuracy:.1%}" if accuracy is not None else "single label: router only"
         echo(f"      done in {metrics['add_task_seconds']:.1f} s, {summary}")
-    texts, gold = [], []
-    for name in DEMO_TASKS:
-        test = load_dataset(data / name / "test.jsonl")
-        texts += test.texts
-        gold += test.targets
     predictions = bank.predict(texts)
     return DemoResult(bank, texts, gold, predictions, time.perf_counter() - started)

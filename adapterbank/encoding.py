@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -51,12 +51,22 @@ def pad_id_of(tokenizer) -> int:
 
 
 @torch.no_grad()
-def frozen_embeddings(model: torch.nn.Module, tokenizer, token_ids: Sequence[Sequence[int]], batch_size: int = 64) -> torch.Tensor:
-    """L2-normalised mean-pooled embeddings of the frozen base, in input order (float32, on CPU)."""
-    device = next(model.parameters()).device
-    out = torch.empty(len(token_ids), model.config.hidden_size)
+def map_batches(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], token_ids: Sequence[Sequence[int]],
+                tokenizer, device: torch.device, batch_size: int = 64) -> torch.Tensor:
+    """Apply `fn(input_ids, mask) -> [batch, D]` over length-grouped batches; rows back in input order, on CPU."""
+    rows: list[torch.Tensor | None] = [None] * len(token_ids)
     for batch in length_batches(token_ids, batch_size):
         input_ids, mask = collate([token_ids[i] for i in batch], pad_id_of(tokenizer), device)
+        for index, row in zip(batch, fn(input_ids, mask).cpu()):
+            rows[index] = row
+    return torch.stack(rows)
+
+
+def frozen_embeddings(model: torch.nn.Module, tokenizer, token_ids: Sequence[Sequence[int]], batch_size: int = 64) -> torch.Tensor:
+    """L2-normalised mean-pooled embeddings of the frozen base, in input order (float32, on CPU)."""
+
+    def embed(input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         hidden = model(input_ids=input_ids, attention_mask=mask).last_hidden_state
-        out[batch] = torch.nn.functional.normalize(mean_pool(hidden, mask).float(), dim=-1).cpu()
-    return out
+        return torch.nn.functional.normalize(mean_pool(hidden, mask).float(), dim=-1)
+
+    return map_batches(embed, token_ids, tokenizer, next(model.parameters()).device, batch_size)

@@ -18,7 +18,7 @@ from peft import get_peft_model
 from tqdm.auto import tqdm
 
 from .adapters import kind_module, quiet_peft
-from .encoding import collate, length_batches, mean_pool, pad_id_of
+from .encoding import collate, length_batches, map_batches, mean_pool, pad_id_of
 from .heads import CosineHead
 from .models import DEFAULT_MAX_LENGTH
 
@@ -122,12 +122,10 @@ def train_classifier(
     return TrainedModule(peft_model, head, hyper, metrics)
 
 
-@torch.no_grad()
 def classify(peft_model, head: CosineHead, tokenizer, token_ids: Sequence[Sequence[int]], batch_size: int = 64) -> torch.Tensor:
     """Class probabilities [N, C] for tokenized texts, in input order."""
-    device = next(peft_model.parameters()).device
-    out = torch.empty(len(token_ids), head.weight.shape[0])
-    for batch in length_batches(token_ids, batch_size):
-        input_ids, mask = collate([token_ids[i] for i in batch], pad_id_of(tokenizer), device)
-        out[batch] = torch.softmax(head(module_features(peft_model, input_ids, mask)), dim=-1).cpu()
-    return out
+
+    def probabilities(input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(head(module_features(peft_model, input_ids, mask)), dim=-1)
+
+    return map_batches(probabilities, token_ids, tokenizer, next(peft_model.parameters()).device, batch_size)
