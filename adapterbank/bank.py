@@ -15,7 +15,7 @@ from typing import Sequence
 
 from . import __version__
 from .data import Dataset, load_dataset
-from .errors import AdapterBankError, BankError, BaseMismatchError, DataError
+from .errors import AdapterBankError, BankError, BaseMismatchError, DataError, TaskNotFoundError
 from .models import DEFAULT_BASE, DEFAULT_MAX_LENGTH, Base, load_base, resolve_device
 from .registry import Registry
 
@@ -80,13 +80,22 @@ class AdapterBank:
     def create(cls, path: str | os.PathLike, base: str = DEFAULT_BASE, device: str = "auto") -> "AdapterBank":
         """Make a new bank at `path` (must not exist, or be empty) over `base` (hub id, local dir, or `minilm`)."""
         Registry.ensure_creatable(path)  # checked before the (slow) model load; nothing is written until both pass
+        from .backbone import DEFAULT_UPPER_LAYERS, SplitEncoder
+        from .routing import DEFAULT_METHOD, DEFAULT_OOD_QUANTILE
+
         loaded = load_base(base, resolve_device(device))
+        if not SplitEncoder.supports(loaded.model):
+            raise AdapterBankError(f"{base!r}: classification banks need a BERT-like encoder "
+                                   "(embeddings + encoder.layer, at least 2 layers)")
+        router_layers = SplitEncoder(loaded.model, DEFAULT_UPPER_LAYERS).router_layers
         manifest = {
             "adapterbank_version": __version__,
             "base": {"id": loaded.model_id, "fingerprint": loaded.fingerprint,
                      "model_type": getattr(loaded.model.config, "model_type", None),
                      "hidden_size": loaded.model.config.hidden_size},
-            "router": {"method": "prototype", "encoder": "base-mean-pool"},
+            "backbone": {"upper_layers": DEFAULT_UPPER_LAYERS, "router_layers": router_layers},
+            "router": {"method": DEFAULT_METHOD, "ood_quantile": DEFAULT_OOD_QUANTILE,
+                       "feature_dim": len(router_layers) * loaded.model.config.hidden_size},
         }
         bank = cls(Registry.create(path, manifest), device=device)
         bank._base = loaded
@@ -175,7 +184,7 @@ class AdapterBank:
             unknown = sorted(set(eval_set.labels) - set(labels))
             if unknown:
                 raise DataError(f"{eval_set.source}: labels not in the training data: {', '.join(unknown[:5])}")
-        from .encoding import frozen_embeddings, tokenize  # heavy (torch, PEFT): only once the input is valid
+        from .encoding import tokenize  # heavy (torch, PEFT): only once the input is valid
         from .routing import class_statistics, save_statistics
         from .training import TrainConfig, train_classifier
 
@@ -187,98 +196,198 @@ class AdapterBank:
         config = TrainConfig(kind=kind, rank=rank, virtual_tokens=virtual_tokens, epochs=epochs, lr=lr,
                              batch_size=batch_size, seed=seed, max_length=max_length)
         started = time.perf_counter()
+        index = {label: i for i, label in enumerate(labels)}
+        targets = [index[t] for t in train_set.targets]
         token_ids = tokenize(base.tokenizer, train_set.texts, max_length)
-        embeddings = frozen_embeddings(base.model, base.tokenizer, token_ids)
-        stats = class_statistics(embeddings, train_set.targets, labels)
+        model = self._model()
+        stats = class_statistics(_router_features(model, base.tokenizer, token_ids), targets, len(labels))
         record = {"objective": "classification", "labels": labels, "kind": None, "adapterbank_version": __version__,
                   "base": {"id": self.base_id, "fingerprint": base.fingerprint},
                   "data": {"train_fingerprint": train_set.fingerprint(), "train_examples": len(train_set),
                            "train_source": train_set.source}}
         trained = None
         if len(labels) > 1:
-            index = {label: i for i, label in enumerate(labels)}
-            trained = train_classifier(base.model, base.tokenizer, token_ids, [index[t] for t in train_set.targets],
-                                       stats["prototypes"], config, progress=progress, description=f"add-task {name}")
+            trained = train_classifier(base.model, base.tokenizer, token_ids, targets, len(labels), config,
+                                       upper_layers=self.upper_layers, progress=progress, description=f"add-task {name}")
             record.update(kind=kind, hyperparameters=trained.hyperparameters, metrics=dict(trained.metrics))
-            if eval_set is not None:
-                record["metrics"]["eval_accuracy"] = _accuracy(trained, base.tokenizer, eval_set, labels, max_length)
-                record["data"].update(eval_fingerprint=eval_set.fingerprint(), eval_examples=len(eval_set))
         else:
             record["hyperparameters"] = {"max_length": max_length}
             record["metrics"] = {"note": "single label: no module trained, the router alone selects this task"}
-        record["metrics"]["add_task_seconds"] = round(time.perf_counter() - started, 3)
         with self.registry.stage_task(name, record) as staging:
             if trained is not None:
                 trained.peft_model.save_pretrained(str(staging))
                 (staging / "README.md").unlink(missing_ok=True)  # PEFT's model card: only JSON + safetensors here
                 trained.head.save(staging)
+                if eval_set is not None:  # measured through the inference path, on the files just written
+                    record["metrics"]["eval_accuracy"] = _within_task_accuracy(
+                        model, base.tokenizer, staging, kind, labels, eval_set, max_length)
+                    record["data"].update(eval_fingerprint=eval_set.fingerprint(), eval_examples=len(eval_set))
             save_statistics(staging, stats)
+            record["metrics"]["add_task_seconds"] = round(time.perf_counter() - started, 3)
+        self._sync({info.name: info for info in self.tasks()})  # keep the saved router index current
         return self.task(name)
 
     # -- inference ------------------------------------------------------------------------------
-    def predict(self, texts: Sequence[str], top_k: int = 3, batch_size: int = 64, progress: bool = False) -> list[Prediction]:
-        """Label each text over every label of every task, without being told the task."""
+    def predict(
+        self,
+        texts: Sequence[str],
+        top_k: int = 1,
+        composition: str = "top1",
+        method: str | None = None,
+        ood_quantile: float | None = None,
+        task: str | None = None,
+        batch_size: int = 64,
+        progress: bool = False,
+    ) -> list[Prediction]:
+        """Label each text over every label of every task, without being told the task.
+
+        composition: `top1` runs the best task's module; `output` runs the `top_k` best and mixes their
+        label probabilities by the router's; `weights` (LoRA) runs one pass with the `top_k` modules'
+        updates mixed by the router's probabilities. `method`: router method (routing.METHODS; default
+        from bank.json). `ood_quantile`: out-of-scope threshold (0 turns it off). `task`: skip routing.
+        """
         import torch
         from tqdm.auto import tqdm
 
         from .encoding import collate, length_batches, pad_id_of, tokenize
+        from .routing import METHODS, Route
 
         if isinstance(texts, str):
             texts = [texts]
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise DataError(f"text #{i + 1}: expected a string, got {type(text).__name__}")
+        if composition not in COMPOSITIONS:
+            raise AdapterBankError(f"unknown composition {composition!r}; choose one of: {', '.join(COMPOSITIONS)}")
+        method = method or self.registry.manifest["router"]["method"]
+        if method not in METHODS:
+            raise AdapterBankError(f"unknown router method {method!r}; choose one of: {', '.join(METHODS)}")
+        if top_k < 1:
+            raise AdapterBankError(f"top_k must be at least 1, got {top_k}")
+        quantile = self.registry.manifest["router"]["ood_quantile"] if ood_quantile is None else ood_quantile
+        if not 0 <= quantile < 1:
+            raise AdapterBankError(f"ood_quantile must be in [0, 1), got {quantile}")
         records = {info.name: info for info in self.tasks()}
         if not records:
             raise BankError(f"bank {self.path} has no tasks yet; add one with `adapterbank add-task`")
+        if task is not None and task not in records:
+            raise TaskNotFoundError(f"no task named {task!r} in bank {self.path}")
         if not texts:
             return []
         base = self.base
-        router, runner = self._sync(records)
+        index, model = self._sync(records)
+        k = 1 if composition == "top1" else top_k
         max_length = max(info.record.get("hyperparameters", {}).get("max_length", DEFAULT_MAX_LENGTH) for info in records.values())
         token_ids = tokenize(base.tokenizer, texts, max_length)
         results: list[Prediction | None] = [None] * len(texts)
         for batch in tqdm(length_batches(token_ids, batch_size), desc="predict", unit="batch", disable=not progress, leave=False):
             input_ids, mask = collate([token_ids[i] for i in batch], pad_id_of(base.tokenizer), self.device)
-            routes = router.route(runner.frozen_features(input_ids, mask).cpu(), top_k=top_k)
-            groups: dict[str, list[int]] = {}
-            for row, route in enumerate(routes):
-                groups.setdefault(route.tasks[0], []).append(row)
-            for task_name, rows in groups.items():
-                info = records[task_name]
-                if info.kind is None:
-                    best_p, best_i = torch.ones(len(rows)), torch.zeros(len(rows), dtype=torch.long)
-                else:
-                    runner.load(task_name, info.path, info.kind)
-                    probabilities = runner.class_probabilities(task_name, input_ids[rows], mask[rows]).cpu()
-                    best_p, best_i = probabilities.max(-1)
-                for row, p, i in zip(rows, best_p.tolist(), best_i.tolist()):
-                    route = routes[row]
-                    results[batch[row]] = Prediction(
-                        label=info.labels[i], task=task_name, score=round(route.probabilities[0] * p, 6),
-                        candidates=list(zip(route.tasks, route.probabilities)),
-                    )
+            lower = model.lower(input_ids, mask)
+            if task is not None:
+                routes = [Route([task], [1.0]) for _ in batch]
+            else:
+                routes = index.route(lower.router_features.cpu(), top_k=max(k, SHOWN_CANDIDATES), method=method,
+                                     ood_quantile=quantile)
+            mixtures = _run_modules(model, records, [Route(r.tasks[:k], r.probabilities[:k], r.in_scope) for r in routes],
+                                    lower, input_ids, mask, composition)
+            for row, (route, mixture) in enumerate(zip(routes, mixtures)):
+                candidates = list(zip(route.tasks, route.probabilities))
+                if not route.in_scope:
+                    results[batch[row]] = Prediction(None, None, 0.0, candidates)
+                    continue
+                by_label: dict[str, float] = {}
+                for (label, _), p in mixture.items():  # one label string shared by tasks is one label
+                    by_label[label] = by_label.get(label, 0.0) + p
+                label = max(by_label, key=by_label.get)
+                owner = max((key for key in mixture if key[0] == label), key=mixture.get)[1]
+                score = by_label[label] * (route.probabilities[0] if composition == "top1" else 1.0)
+                results[batch[row]] = Prediction(label, owner, round(score, 6), candidates)
         return results  # type: ignore[return-value]
 
     def _sync(self, records: dict[str, TaskInfo]):
-        """Router and module runner for the tasks on disk now. Tasks added, removed or replaced since
-        the last call (by this object or another process) are picked up; a runner holding a module
-        that changed is rebuilt, its modules reloading lazily."""
-        from .inference import ModuleRunner
-        from .routing import PrototypeRouter, load_statistics
+        """Router index and routed model for the tasks on disk now. Tasks added, removed or replaced
+        since the last call (by this object or another process) are picked up; loaded modules whose
+        task changed are dropped and reload lazily."""
+        from .routing import sync_index
 
         current = {name: info.record.get("id", "") for name, info in records.items()}
         if self._router is None or current != self._synced:
-            router = PrototypeRouter()
-            for name, info in records.items():
-                router.add_task(name, load_statistics(info.path))
-            self._router = router
-            if self._runner is not None and any(current.get(n) != self._synced.get(n) for n in self._runner.loaded):
-                self._runner = None
+            dim = self.registry.manifest["router"]["feature_dim"]
+            tasks = {name: (task_id, records[name].path) for name, task_id in current.items()}
+            self._router = sync_index(self.path, tasks, dim, cached=self._router)
+            if self._runner is not None:
+                for name in [n for n in self._runner.loaded if current.get(n) != self._synced.get(n)]:
+                    del self._runner.loaded[name]
             self._synced = current
+        return self._router, self._model()
+
+    def _model(self):
+        from .inference import RoutedModel
+
         if self._runner is None:
-            self._runner = ModuleRunner(self.base.model)
-        return self._router, self._runner
+            self._runner = RoutedModel(self.base.model, self.upper_layers)
+        return self._runner
+
+    @property
+    def upper_layers(self) -> int:
+        return self.registry.manifest["backbone"]["upper_layers"]
+
+
+COMPOSITIONS = ("top1", "output", "weights")
+SHOWN_CANDIDATES = 3  # router candidates reported with each prediction, whatever the composition
+
+
+def _run_modules(model, records: dict[str, TaskInfo], routes, lower, input_ids, mask, composition: str) -> list[dict]:
+    """For each row, {(label, task): probability} mixed over the row's candidate tasks.
+
+    All (row, task) pairs of the batch go through one upper pass for LoRA (each row through its own
+    module) and one full pass for prompt modules; `weights` mixes LoRA updates inside a single pass."""
+    import torch
+
+    mixtures: list[dict] = [{} for _ in routes]
+    lora_pairs, prompt_pairs = [], []  # (row, task, weight)
+    for row, route in enumerate(routes):
+        total = sum(route.probabilities) or 1.0
+        for name, p in zip(route.tasks, route.probabilities):
+            info, weight = records[name], p / total
+            if info.kind is None:  # one-label task: its label, with the router's confidence
+                key = (info.labels[0], name)
+                mixtures[row][key] = mixtures[row].get(key, 0.0) + weight
+            else:
+                (lora_pairs if info.kind == "lora" else prompt_pairs).append((row, name, weight))
+    modules = {name: model.load(name, records[name].path, records[name].kind) for _, name, _ in lora_pairs + prompt_pairs}
+    features: list[tuple[int, str, float, torch.Tensor]] = []
+    if lora_pairs and composition == "weights":
+        rows = sorted({row for row, _, _ in lora_pairs})
+        position = {row: i for i, row in enumerate(rows)}
+        plan = []
+        for name in dict.fromkeys(name for _, name, _ in lora_pairs):
+            mine = [(position[row], w) for row, n, w in lora_pairs if n == name]
+            plan.append((modules[name], torch.tensor([p for p, _ in mine]), torch.tensor([w for _, w in mine])))
+        mixed = model.lora_features(lower, torch.tensor(rows), plan)
+        features += [(row, name, w, mixed[position[row]]) for row, name, w in lora_pairs]
+    elif lora_pairs:
+        plan = [(modules[name], torch.tensor([i for i, (_, n, _) in enumerate(lora_pairs) if n == name]), None)
+                for name in dict.fromkeys(name for _, name, _ in lora_pairs)]
+        out = model.lora_features(lower, torch.tensor([row for row, _, _ in lora_pairs]), plan)
+        features += [(row, name, w, out[i]) for i, (row, name, w) in enumerate(lora_pairs)]
+    if prompt_pairs:
+        rows = torch.tensor([row for row, _, _ in prompt_pairs])
+        out = model.prompt_features([modules[name] for _, name, _ in prompt_pairs], input_ids[rows], mask[rows])
+        features += [(row, name, w, out[i]) for i, (row, name, w) in enumerate(prompt_pairs)]
+    by_task: dict[str, list[int]] = {}
+    for i, (_, name, _, _) in enumerate(features):
+        by_task.setdefault(name, []).append(i)
+    for name, items in by_task.items():
+        with torch.no_grad():
+            probabilities = torch.softmax(modules[name].head(torch.stack([features[i][3] for i in items])), -1).cpu()
+        labels = records[name].labels
+        for i, p in zip(items, probabilities):
+            row, _, weight, _ = features[i]
+            for label, value in zip(labels, p.tolist()):
+                key = (label, name)
+                mixtures[row][key] = mixtures[row].get(key, 0.0) + weight * value
+    return mixtures
 
 
 def _as_dataset(data: DataLike) -> Dataset:
@@ -289,14 +398,32 @@ def _as_dataset(data: DataLike) -> Dataset:
     raise AdapterBankError(f"expected a dataset path or Dataset, got {type(data).__name__}")
 
 
-def _accuracy(trained, tokenizer, data: Dataset, labels: list[str], max_length: int) -> float:
-    """Within-task accuracy of a freshly trained module on labelled data."""
-    from .encoding import tokenize
-    from .training import classify
+def _router_features(model, tokenizer, token_ids):
+    """The router's features of tokenized texts (lower pass), in input order."""
+    from .encoding import map_batches
 
-    token_ids = tokenize(tokenizer, data.texts, max_length)
-    predicted = classify(trained.peft_model, trained.head, tokenizer, token_ids).argmax(-1).tolist()
-    return round(sum(labels[p] == t for p, t in zip(predicted, data.targets)) / len(data), 6)
+    return map_batches(lambda ids, mask: model.lower(ids, mask).router_features, token_ids, tokenizer, model.device)
+
+
+def _within_task_accuracy(model, tokenizer, task_dir: Path, kind: str, labels: list[str], data: Dataset,
+                          max_length: int) -> float:
+    """Accuracy of a just-written module on labelled data, the task given (no routing)."""
+    import torch
+
+    from .encoding import map_batches, tokenize
+
+    module = model.load_unnamed(task_dir, kind)
+
+    def predict(input_ids, mask):
+        if kind == "lora":
+            lower = model.lower(input_ids, mask)
+            features = model.lora_features(lower, torch.arange(len(input_ids)), [(module, torch.arange(len(input_ids)), None)])
+        else:
+            features = model.prompt_features([module] * len(input_ids), input_ids, mask)
+        return module.head(features).argmax(-1, keepdim=True)
+
+    predicted = map_batches(predict, tokenize(tokenizer, data.texts, max_length), tokenizer, model.device)
+    return round(sum(labels[p] == t for p, t in zip(predicted[:, 0].tolist(), data.targets)) / len(data), 6)
 
 
 def _check_positive(**values: float | None) -> None:

@@ -22,7 +22,7 @@ from filelock import FileLock
 
 from .errors import BankError, InvalidNameError, TaskExistsError, TaskNotFoundError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: modules on the upper layers only, router statistics over lower-layer features
 MANIFEST = "bank.json"
 TASK_MANIFEST = "task.json"
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

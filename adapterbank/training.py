@@ -1,8 +1,11 @@
 """Training one task's module (LoRA or prompt) plus its head on the frozen base, with PEFT.
 
 The base is deep-copied before PEFT wraps it, so the bank's own base never changes. Texts are
-tokenized once and batched by length; the head starts at the class prototypes; the learning rate
-follows a one-cycle schedule.
+tokenized once and batched by length; the head starts at the class means of the untrained module's
+features; the learning rate follows a one-cycle schedule.
+
+LoRA on a split-capable encoder (backbone.py) trains only the upper layers: the frozen lower layers
+run once per text, their states are kept (within `cache_bytes`) and reused by every epoch.
 """
 
 from __future__ import annotations
@@ -11,18 +14,20 @@ import copy
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from peft import get_peft_model
 from tqdm.auto import tqdm
 
 from .adapters import kind_module, quiet_peft
-from .encoding import collate, length_batches, map_batches, mean_pool, pad_id_of
+from .backbone import SplitEncoder
+from .encoding import collate, length_batches, mean_pool, pad_id_of
 from .heads import CosineHead
 from .models import DEFAULT_MAX_LENGTH
 
 HEAD_LR = 1e-2
+DEFAULT_CACHE_BYTES = 2 << 30  # lower-layer states kept in memory for reuse across epochs
 
 
 @dataclass
@@ -53,6 +58,7 @@ class TrainedModule:
     peft_model: torch.nn.Module
     head: CosineHead
     hyperparameters: dict
+    features: Callable[[Sequence[int]], torch.Tensor]  # training-text indices -> module features
     metrics: dict = field(default_factory=dict)
 
 
@@ -63,25 +69,85 @@ def module_features(peft_model, input_ids: torch.Tensor, mask: torch.Tensor) -> 
     return mean_pool(hidden[:, virtual:], mask)
 
 
+def pad_states(states: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad per-text [len, H] states into [B, L, H] plus the 0/1 mask."""
+    longest = max(s.shape[0] for s in states)
+    hidden = states[0].new_zeros(len(states), longest, states[0].shape[1])
+    mask = torch.zeros(len(states), longest, dtype=torch.long, device=states[0].device)
+    for row, s in enumerate(states):
+        hidden[row, : s.shape[0]] = s
+        mask[row, : s.shape[0]] = 1
+    return hidden, mask
+
+
+class LowerStates:
+    """Frozen lower-layer states of the training texts: computed once and kept when they fit in
+    `cache_bytes`, recomputed per batch otherwise (same result, slower)."""
+
+    def __init__(self, split: SplitEncoder, tokenizer, token_ids: Sequence[Sequence[int]], device, cache_bytes: int):
+        self.split, self.token_ids, self.device, self.pad = split, token_ids, device, pad_id_of(tokenizer)
+        hidden = split.model.config.hidden_size
+        self.cached: list[torch.Tensor] | None = None
+        if sum(len(t) for t in token_ids) * hidden * 4 <= cache_bytes:
+            self.cached = [None] * len(token_ids)  # type: ignore[list-item]
+            with torch.no_grad():
+                for batch in length_batches(token_ids, 128):
+                    states = self._compute(batch)
+                    for index, state in zip(batch, states):
+                        self.cached[index] = state
+
+    def _compute(self, batch: Sequence[int]) -> list[torch.Tensor]:
+        input_ids, mask = collate([self.token_ids[i] for i in batch], self.pad, self.device)
+        with torch.no_grad():
+            hidden = self.split.lower(input_ids, mask).hidden
+        return [hidden[row, : len(self.token_ids[i])].clone() for row, i in enumerate(batch)]
+
+    def batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        states = [self.cached[i] for i in indices] if self.cached is not None else self._compute(indices)
+        return pad_states(states)
+
+
 def train_classifier(
     base_model: torch.nn.Module,
     tokenizer,
     token_ids: Sequence[Sequence[int]],
     targets: Sequence[int],
-    prototypes: torch.Tensor,
+    n_classes: int,
     config: TrainConfig,
+    upper_layers: int | None = None,
     progress: bool = True,
     description: str = "training",
+    cache_bytes: int = DEFAULT_CACHE_BYTES,
 ) -> TrainedModule:
-    """Fit a fresh module + cosine head; returns them with training metrics (loss, examples/s)."""
+    """Fit a fresh module + cosine head; returns them with training metrics (loss, examples/s).
+
+    `upper_layers`: for LoRA on a split-capable encoder, adapt only that many top layers.
+    """
     kind = kind_module(config.kind)
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
     device = next(base_model.parameters()).device
-    peft_config = kind.make_config(base_model, rank=config.rank, virtual_tokens=config.virtual_tokens)
+    use_split = config.kind == "lora" and bool(upper_layers) and SplitEncoder.supports(base_model)
+    layer_indices = SplitEncoder(base_model, upper_layers).upper_indices if use_split else None
+    peft_config = kind.make_config(base_model, rank=config.rank, virtual_tokens=config.virtual_tokens,
+                                   upper_layers=layer_indices)
     with quiet_peft():
         peft_model = get_peft_model(copy.deepcopy(base_model), peft_config)
-    head = CosineHead(prototypes).to(device)
+    pad = pad_id_of(tokenizer)
+    if use_split:
+        split = SplitEncoder(peft_model.base_model.model, upper_layers)
+        lower = LowerStates(split, tokenizer, token_ids, device, cache_bytes)
+
+        def features(indices: Sequence[int]) -> torch.Tensor:
+            hidden, mask = lower.batch(indices)
+            return mean_pool(split.upper(hidden, mask), mask)
+    else:
+        def features(indices: Sequence[int]) -> torch.Tensor:
+            input_ids, mask = collate([token_ids[i] for i in indices], pad, device)
+            return module_features(peft_model, input_ids, mask)
+
+    labels = torch.tensor(list(targets), device=device)
+    head = CosineHead(_initial_prototypes(peft_model, features, token_ids, labels, n_classes)).to(device)
     epochs, lr = config.resolved_epochs(len(token_ids)), config.resolved_lr()
     adapter_params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
@@ -91,17 +157,13 @@ def train_classifier(
     steps_per_epoch = len(length_batches(token_ids, config.batch_size))
     total = epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[lr, HEAD_LR], total_steps=total, pct_start=0.1)
-    labels = torch.tensor(list(targets), device=device)
-    pad = pad_id_of(tokenizer)
     peft_model.train()
     started, seen, final_loss = time.perf_counter(), 0, 0.0
     bar = tqdm(total=total, desc=description, unit="step", disable=not progress, leave=False)
     for epoch in range(epochs):
         epoch_loss = 0.0
         for batch in length_batches(token_ids, config.batch_size, rng):
-            input_ids, mask = collate([token_ids[i] for i in batch], pad, device)
-            logits = head(module_features(peft_model, input_ids, mask))
-            loss = torch.nn.functional.cross_entropy(logits, labels[batch])
+            loss = torch.nn.functional.cross_entropy(head(features(batch)), labels[batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -119,13 +181,15 @@ def train_classifier(
              "seed": config.seed, "max_length": config.max_length, **kind.hyperparameters(peft_config)}
     metrics = {"train_loss": round(final_loss, 6), "train_seconds": round(elapsed, 3),
                "train_examples_per_s": round(seen / max(elapsed, 1e-9), 2)}
-    return TrainedModule(peft_model, head, hyper, metrics)
+    return TrainedModule(peft_model, head, hyper, features, metrics)
 
 
-def classify(peft_model, head: CosineHead, tokenizer, token_ids: Sequence[Sequence[int]], batch_size: int = 64) -> torch.Tensor:
-    """Class probabilities [N, C] for tokenized texts, in input order."""
-
-    def probabilities(input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(head(module_features(peft_model, input_ids, mask)), dim=-1)
-
-    return map_batches(probabilities, token_ids, tokenizer, next(peft_model.parameters()).device, batch_size)
+@torch.no_grad()
+def _initial_prototypes(peft_model, features, token_ids, labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Class means of the untrained module's normalised features: the head starts as nearest-class-mean."""
+    peft_model.eval()
+    sums = None
+    for batch in length_batches(token_ids, 128):
+        f = torch.nn.functional.normalize(features(batch).float(), dim=-1)
+        sums = (sums if sums is not None else f.new_zeros(n_classes, f.shape[1])).index_add_(0, labels[batch], f)
+    return sums / torch.bincount(labels, minlength=n_classes).clamp_min(1).unsqueeze(1).to(sums)

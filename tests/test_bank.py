@@ -7,7 +7,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from adapterbank import AdapterBank, load_dataset
 from adapterbank.errors import (AdapterBankError, BankError, BaseMismatchError, DataError, InvalidNameError,
-                                ModelNotFoundError, TaskExistsError)
+                                ModelNotFoundError, TaskExistsError, TaskNotFoundError)
 from adapterbank.heads import CosineHead
 from adapterbank.training import module_features
 
@@ -66,7 +66,7 @@ def test_task_agnostic_prediction_over_all_labels(bank, task_files):
         data = load_dataset(test)
         texts += data.texts
         gold += data.targets
-    predictions = AdapterBank.open(bank.path, device="cpu").predict(texts)
+    predictions = AdapterBank.open(bank.path, device="cpu").predict(texts, ood_quantile=0)
     accuracy = sum(p.label == g for p, g in zip(predictions, gold)) / len(gold)
     task_of = {label: task for task, labels in TASK_LABELS.items() for label in labels}
     routing = sum(p.task == task_of[g] for p, g in zip(predictions, gold)) / len(gold)
@@ -89,7 +89,7 @@ def test_single_label_task_is_router_only(bank, task_files):
 
 def test_bank_with_only_a_single_label_task_predicts_it(bank, task_files):
     bank.add_task("gamma", task_files["gamma"][0], **FAST)
-    assert {p.label for p in bank.predict(["anything at all", "mnop"])} == {"g_one"}
+    assert {p.label for p in bank.predict(["anything at all", "mnop"], ood_quantile=0)} == {"g_one"}
 
 
 def test_same_seed_gives_same_module(tmp_path, tiny_base, task_files):
@@ -160,7 +160,7 @@ def test_remove_task_updates_routing(bank, task_files):
     beta_texts = load_dataset(task_files["beta"][1]).texts[:4]
     assert {p.task for p in bank.predict(beta_texts)} == {"beta"}
     bank.remove_task("beta")
-    assert {p.task for p in bank.predict(beta_texts)} == {"alpha"}
+    assert {p.task for p in bank.predict(beta_texts, ood_quantile=0)} == {"alpha"}
     assert not (bank.path / "tasks" / "beta").exists()
 
 
@@ -177,7 +177,7 @@ def test_predict_on_empty_bank_and_bad_texts(bank, task_files):
 def test_open_bank_sees_tasks_added_by_another_writer(bank, tiny_base, task_files):
     bank.add_task("alpha", task_files["alpha"][0], **FAST)
     beta_texts = load_dataset(task_files["beta"][1]).texts[:4]
-    assert {p.task for p in bank.predict(beta_texts)} == {"alpha"}
+    assert {p.task for p in bank.predict(beta_texts, ood_quantile=0)} == {"alpha"}
     other = AdapterBank.open(bank.path, device="cpu")  # e.g. another process
     other.add_task("beta", task_files["beta"][0], **FAST)
     assert {p.task for p in bank.predict(beta_texts)} == {"beta"}
@@ -186,3 +186,61 @@ def test_open_bank_sees_tasks_added_by_another_writer(bank, tiny_base, task_file
     other.add_task("beta", task_files["beta"][0], seed=7, epochs=2, progress=False)
     fresh = AdapterBank.open(bank.path, device="cpu").predict(beta_texts)
     assert [(p.label, p.score) for p in bank.predict(beta_texts)] == [(p.label, p.score) for p in fresh]
+
+
+def test_text_that_fits_no_task_is_out_of_scope(bank, task_files):
+    bank.add_task("alpha", task_files["alpha"][0], **FAST)
+    beta = bank.predict(load_dataset(task_files["beta"][1]).texts[:4])
+    assert all(p.label is None and p.task is None and p.candidates[0][0] == "alpha" for p in beta)
+    alpha = bank.predict(load_dataset(task_files["alpha"][1]).texts)
+    assert sum(p.label is not None for p in alpha) >= 0.8 * len(alpha)
+
+
+def test_mixed_batch_equals_one_text_at_a_time_for_every_composition(bank, task_files):
+    for task in ("alpha", "beta"):
+        bank.add_task(task, task_files[task][0], **FAST)
+    texts = [t for pair in zip(load_dataset(task_files["alpha"][1]).texts, load_dataset(task_files["beta"][1]).texts)
+             for t in pair][:12]
+    for composition, k in (("top1", 1), ("output", 2), ("weights", 2)):
+        together = bank.predict(texts, composition=composition, top_k=k, ood_quantile=0)
+        alone = [bank.predict([t], composition=composition, top_k=k, ood_quantile=0)[0] for t in texts]
+        assert [p.label for p in together] == [p.label for p in alone], composition
+        assert all(abs(a.score - b.score) < 1e-4 for a, b in zip(together, alone)), composition
+    assert {p.task for p in together} == {"alpha", "beta"}  # the batch really mixed two modules
+
+
+def test_weights_composition_with_one_module_equals_top1(bank, task_files):
+    for task in ("alpha", "beta"):
+        bank.add_task(task, task_files[task][0], **FAST)
+    texts = load_dataset(task_files["beta"][1]).texts[:6]
+    top1 = bank.predict(texts, ood_quantile=0)
+    weights = bank.predict(texts, composition="weights", top_k=1, ood_quantile=0)
+    assert [p.label for p in top1] == [p.label for p in weights]
+
+
+def test_forced_task_and_option_errors(bank, task_files):
+    bank.add_task("alpha", task_files["alpha"][0], **FAST)
+    bank.add_task("beta", task_files["beta"][0], **FAST)
+    texts = load_dataset(task_files["beta"][1]).texts[:3]
+    assert {p.task for p in bank.predict(texts, task="alpha")} == {"alpha"}
+    with pytest.raises(TaskNotFoundError):
+        bank.predict(texts, task="nope")
+    for bad in ({"composition": "blend"}, {"method": "magic"}, {"top_k": 0}, {"ood_quantile": 1.5}):
+        with pytest.raises(AdapterBankError):
+            bank.predict(texts, **bad)
+
+
+def test_router_index_is_saved_and_small_module_cache_still_answers(bank, task_files):
+    from adapterbank.inference import RoutedModel
+    from adapterbank.routing import INDEX_FILE, RouterIndex
+
+    for task in ("alpha", "beta"):
+        bank.add_task(task, task_files[task][0], **FAST)
+    saved = RouterIndex.load(bank.path / INDEX_FILE)
+    assert saved.task_ids == [bank.task(n).record["id"] for n in ("alpha", "beta")]
+    texts = load_dataset(task_files["alpha"][1]).texts[:3] + load_dataset(task_files["beta"][1]).texts[:3]
+    expected = [p.label for p in bank.predict(texts, ood_quantile=0)]
+    reopened = AdapterBank.open(bank.path, device="cpu")
+    reopened._runner = RoutedModel(reopened.base.model, reopened.upper_layers, cache_size=1)
+    assert [p.label for p in reopened.predict(texts, batch_size=1, ood_quantile=0)] == expected
+    assert len(reopened._runner.loaded) == 1

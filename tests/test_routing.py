@@ -1,53 +1,84 @@
 import torch
 
-from adapterbank.routing import PrototypeRouter, class_statistics, load_statistics, save_statistics
+from adapterbank.routing import INDEX_FILE, RouterIndex, class_statistics, save_statistics, sync_index
 
 
-def test_class_statistics_are_per_class_means_in_label_order():
-    embeddings = torch.tensor([[1.0, 0.0], [0.0, 1.0], [3.0, 0.0], [0.0, 3.0]])
-    stats = class_statistics(embeddings, ["b", "a", "b", "a"], ["b", "a"])
-    assert torch.allclose(stats["prototypes"], torch.tensor([[2.0, 0.0], [0.0, 2.0]]))
+def _gaussian_task(centres: list[list[float]], per_class: int, seed: int, spread: float = 0.1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.cat([torch.tensor(c) + spread * torch.randn(per_class, len(c), generator=g) for c in centres])
+    targets = [i for i in range(len(centres)) for _ in range(per_class)]
+    return x, targets
+
+
+def test_class_statistics_means_counts_covariance_and_leave_one_out_quantiles():
+    x = torch.tensor([[1.0, 0.0], [3.0, 0.0], [0.0, 1.0], [0.0, 3.0]])
+    stats = class_statistics(x, [0, 0, 1, 1], 2)
+    assert torch.allclose(stats["means"], torch.tensor([[2.0, 0.0], [0.0, 2.0]]))
     assert stats["counts"].tolist() == [2.0, 2.0]
+    # within-class scatter / n: each class contributes (+-1)^2 on its own axis
+    assert torch.allclose(stats["covariance"].float(), torch.tensor([[0.5, 0.0], [0.0, 0.5]]))
+    # leave-one-out: each text's own class mean without it is the other text, on the same axis -> cosine 1
+    assert torch.allclose(stats["score_quantiles"], torch.ones(101))
 
 
-def test_router_picks_task_of_nearest_class_and_ranks_candidates():
-    router = PrototypeRouter()
-    router.add_task("east", {"prototypes": torch.tensor([[1.0, 0.0, 0.0], [0.7, 0.7, 0.0]])})
-    router.add_task("up", {"prototypes": torch.tensor([[0.0, 0.0, 1.0]])})
-    router.add_task("north", {"prototypes": torch.tensor([[0.0, 1.0, 0.0]])})
-    routes = router.route(torch.tensor([[0.9, 0.1, 0.0], [0.0, 0.2, 1.0], [0.1, 1.0, 0.0]]), top_k=2)
-    assert [r.tasks[0] for r in routes] == ["east", "up", "north"]
-    assert routes[2].tasks == ["north", "east"]  # east's second prototype is close to north
-    for route in routes:
-        assert route.probabilities == sorted(route.probabilities, reverse=True)
-        assert 0.5 < route.probabilities[0] <= 1.0 and sum(route.probabilities) <= 1.0 + 1e-6
+def _index(method_tasks: dict[str, tuple[torch.Tensor, list[int], int]]) -> RouterIndex:
+    index = RouterIndex.empty(next(iter(method_tasks.values()))[0].shape[1])
+    for i, (name, (x, targets, n)) in enumerate(method_tasks.items()):
+        index.add(name, f"id{i}", class_statistics(x, targets, n))
+    return index
 
 
-def test_top_k_is_capped_and_empty_router_routes_nowhere():
-    router = PrototypeRouter()
-    assert router.route(torch.ones(2, 3))[0].tasks == []
-    router.add_task("only", {"prototypes": torch.ones(1, 3)})
-    route = router.route(torch.ones(1, 3), top_k=5)[0]
-    assert route.tasks == ["only"] and abs(route.probabilities[0] - 1.0) < 1e-6
+def test_both_methods_route_to_the_task_of_the_nearest_class():
+    east = _gaussian_task([[1.0, 0.0, 0.0], [0.7, 0.7, 0.0]], 30, 0)
+    up = _gaussian_task([[0.0, 0.0, 1.0], [0.0, -0.7, 0.7]], 30, 1)
+    index = _index({"east": (*east, 2), "up": (*up, 2)})
+    queries = torch.tensor([[0.95, 0.05, 0.0], [0.0, 0.1, 1.0], [0.6, 0.8, 0.0], [0.0, -0.6, 0.8]])
+    for method in ("prototype", "mahalanobis"):
+        routes = index.route(queries, top_k=2, method=method, ood_quantile=0.0)
+        assert [r.tasks[0] for r in routes] == ["east", "up", "east", "up"], method
+        for route in routes:
+            assert len(route.tasks) == 2 and route.probabilities == sorted(route.probabilities, reverse=True)
+            assert abs(sum(route.probabilities) - 1.0) < 1e-4
 
 
-def test_statistics_round_trip_through_safetensors(tmp_path):
-    stats = {"prototypes": torch.randn(3, 4), "counts": torch.tensor([1.0, 2.0, 3.0])}
-    save_statistics(tmp_path, stats)
-    loaded = load_statistics(tmp_path)
-    assert torch.equal(loaded["prototypes"], stats["prototypes"]) and torch.equal(loaded["counts"], stats["counts"])
+def test_mahalanobis_uses_the_shared_covariance_where_cosine_fails():
+    # classes stretched along y: a point far along y from its class is still that class; cosine disagrees
+    a = _gaussian_task([[1.0, 0.0]], 200, 0, spread=0.02)
+    a[0][:, 1] *= 50  # large spread in y, tiny in x
+    b = _gaussian_task([[0.6, 0.8]], 200, 1, spread=0.02)
+    b[0][:, 1] = (b[0][:, 1] - 0.8) * 50 + 0.8
+    index = _index({"a": (*a, 1), "b": (*b, 1)})
+    query = torch.tensor([[1.0, 0.9]])  # x says a (1.0 vs 0.6), y is uninformative
+    assert index.route(query, method="mahalanobis", ood_quantile=0.0)[0].tasks == ["a"]
+    assert index.route(query, method="prototype", ood_quantile=0.0)[0].tasks == ["b"]
 
 
-def test_length_batches_group_similar_lengths_and_vary_per_epoch():
-    import random
+def test_out_of_scope_threshold_rejects_a_text_far_from_every_class():
+    east = _gaussian_task([[1.0, 0.0, 0.0], [0.7, 0.7, 0.0]], 50, 0, spread=0.05)
+    index = _index({"east": (*east, 2)})
+    near, far = torch.tensor([[0.98, 0.05, 0.0]]), torch.tensor([[0.0, 0.0, 1.0]])
+    assert index.route(near, ood_quantile=0.05)[0].in_scope
+    assert not index.route(far, ood_quantile=0.05)[0].in_scope
+    assert index.route(far, ood_quantile=0.0)[0].in_scope  # 0 turns the threshold off
 
-    from adapterbank.encoding import length_batches
 
-    token_ids = [[0] * (i % 5 + 1) for i in range(40)]
-    fixed = length_batches(token_ids, 4)
-    assert fixed == length_batches(token_ids, 4) and sorted(i for b in fixed for i in b) == list(range(40))
-    assert all(len({len(token_ids[i]) for i in batch}) == 1 for batch in fixed)  # 8 texts of each length
-    rng = random.Random(0)
-    epochs = [length_batches(token_ids, 4, rng) for _ in range(2)]
-    assert {frozenset(b) for b in epochs[0]} != {frozenset(b) for b in epochs[1]}
-    assert all(sorted(i for b in e for i in b) == list(range(40)) for e in epochs)
+def test_index_is_saved_reused_extended_and_rebuilt(tmp_path):
+    tasks = {}
+    for i, name in enumerate(["a", "b", "c"]):
+        directory = tmp_path / "tasks" / name
+        directory.mkdir(parents=True)
+        x, targets = _gaussian_task([[float(i == 0), float(i == 1), float(i == 2)]], 20, i)
+        save_statistics(directory, class_statistics(x, targets, 1))
+        tasks[name] = (f"id-{name}", directory)
+    first = sync_index(tmp_path, {k: tasks[k] for k in ["a", "b"]}, 3)
+    assert (tmp_path / INDEX_FILE).exists() and first.task_names == ["a", "b"]
+    extended = sync_index(tmp_path, tasks, 3)  # only an addition: extended from the saved index
+    assert extended.task_names == ["a", "b", "c"]
+    reloaded = RouterIndex.load(tmp_path / INDEX_FILE)
+    assert reloaded.task_ids == ["id-a", "id-b", "id-c"]
+    query = torch.tensor([[0.0, 0.0, 1.0]])
+    assert reloaded.route(query, ood_quantile=0)[0].tasks == ["c"]
+    removed = sync_index(tmp_path, {k: tasks[k] for k in ["a", "c"]}, 3)  # a removal: rebuilt from task files
+    assert removed.task_names == ["a", "c"] and removed.route(query, ood_quantile=0)[0].tasks == ["c"]
+    (tmp_path / INDEX_FILE).write_bytes(b"garbage")  # a damaged index is rebuilt, never trusted
+    assert sync_index(tmp_path, tasks, 3).task_names == ["a", "b", "c"]

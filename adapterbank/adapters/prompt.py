@@ -35,11 +35,12 @@ def load_prompt(task_dir: Path) -> torch.Tensor:
     return load_file(str(Path(task_dir) / WEIGHTS))["prompt_embeddings"]
 
 
-def encode_with_prompt(model, prompt: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Hidden states of the real tokens after running `model` with `prompt` prepended to every row."""
+def encode_with_prompts(model, prompts: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Hidden states of the real tokens after running `model` with row i's prompt `prompts[i]`
+    ([B, virtual, hidden]) prepended: different tasks' prompts share one batch."""
     embeddings = model.get_input_embeddings()(input_ids)
-    batch, virtual = input_ids.shape[0], prompt.shape[0]
-    prefix = prompt.to(embeddings.dtype).unsqueeze(0).expand(batch, -1, -1)
+    batch, virtual = input_ids.shape[0], prompts.shape[1]
+    prefix = prompts.to(embeddings.dtype)
     full_mask = torch.cat([torch.ones(batch, virtual, dtype=mask.dtype, device=mask.device), mask], dim=1)
     hidden = model(inputs_embeds=torch.cat([prefix, embeddings], dim=1), attention_mask=full_mask).last_hidden_state
     return hidden[:, virtual:]

@@ -1,0 +1,77 @@
+"""The frozen base cut in two: lower layers run once per text, upper layers run per module.
+
+Modules (LoRA) sit only on the top `upper_layers` transformer layers. So one frozen pass through the
+lower layers serves three purposes: its intermediate states are the router's features, they are the
+input of every module's upper layers at inference, and during training they are computed once and
+reused across epochs. A routed prediction therefore costs about one base forward, not two.
+
+Supported: BERT-like encoders (`model.embeddings` + `model.encoder.layer`). Other bases fall back to
+whole-model passes (`SplitEncoder.supports` tells which).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .encoding import mean_pool
+
+DEFAULT_UPPER_LAYERS = 1  # modules adapt the last layer only: see README "Where modules sit"
+ROUTER_DEPTH = 3  # the router reads the mean-pooled states of the last 3 frozen layers below the split
+
+
+@dataclass
+class LowerPass:
+    hidden: torch.Tensor  # [B, L, H] states entering the first upper layer
+    mask: torch.Tensor  # [B, L] the 0/1 attention mask
+    router_features: torch.Tensor  # [B, ROUTER_DEPTH * H], each layer's mean pool L2-normalised
+
+
+def num_layers(model: torch.nn.Module) -> int:
+    return len(model.encoder.layer)
+
+
+class SplitEncoder:
+    """Runs `model` as lower (frozen, shared) and upper (per-module) halves; results equal a full pass."""
+
+    def __init__(self, model: torch.nn.Module, upper_layers: int = DEFAULT_UPPER_LAYERS):
+        total = num_layers(model)
+        if not 1 <= upper_layers < total:
+            raise ValueError(f"upper_layers must be between 1 and {total - 1}, got {upper_layers}")
+        self.model = model
+        self.split = total - upper_layers
+        self.router_layers = list(range(max(0, self.split - ROUTER_DEPTH + 1), self.split + 1))
+
+    @staticmethod
+    def supports(model: torch.nn.Module) -> bool:
+        encoder = getattr(model, "encoder", None)
+        return (hasattr(model, "embeddings") and hasattr(encoder, "layer")
+                and not getattr(model.config, "is_decoder", False) and num_layers(model) >= 2)
+
+    @property
+    def upper_indices(self) -> list[int]:
+        return list(range(self.split, num_layers(self.model)))
+
+    def attention_mask(self, mask: torch.Tensor, hidden: torch.Tensor):
+        from transformers.masking_utils import create_bidirectional_mask
+
+        return create_bidirectional_mask(config=self.model.config, inputs_embeds=hidden, attention_mask=mask)
+
+    def lower(self, input_ids: torch.Tensor, mask: torch.Tensor) -> LowerPass:
+        hidden = self.model.embeddings(input_ids=input_ids)
+        prepared = self.attention_mask(mask, hidden)
+        pooled = [hidden] if 0 in self.router_layers else []
+        for index, layer in enumerate(self.model.encoder.layer[: self.split], start=1):
+            hidden = layer(hidden, prepared)
+            if index in self.router_layers:
+                pooled.append(hidden)
+        features = torch.cat([torch.nn.functional.normalize(mean_pool(h, mask).float(), dim=-1) for h in pooled], -1)
+        return LowerPass(hidden, mask, features)
+
+    def upper(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Last hidden state from the split point on (with whatever module hooks are active)."""
+        prepared = self.attention_mask(mask, hidden)
+        for layer in self.model.encoder.layer[self.split :]:
+            hidden = layer(hidden, prepared)
+        return hidden
