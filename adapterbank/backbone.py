@@ -37,8 +37,8 @@ class SplitEncoder:
 
     def __init__(self, model: torch.nn.Module, upper_layers: int = DEFAULT_UPPER_LAYERS):
         total = num_layers(model)
-        if not 1 <= upper_layers < total:
-            raise ValueError(f"upper_layers must be between 1 and {total - 1}, got {upper_layers}")
+        if not 1 <= upper_layers <= total:
+            raise ValueError(f"upper_layers must be between 1 and {total}, got {upper_layers}")
         self.model = model
         self.split = total - upper_layers
         self.router_layers = list(range(max(0, self.split - ROUTER_DEPTH + 1), self.split + 1))

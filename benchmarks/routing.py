@@ -1,0 +1,184 @@
+"""The router on CLINC150 (15 tasks x 10 intents): accuracy per method, out-of-scope, speed. Prints JSON.
+
+    python benchmarks/routing.py [--quick] [--data ../shared/data/clinc150] [--seed 0] [--cold-tasks 1000]
+
+Intents are dealt into disjoint tasks by a seeded shuffle; each task is added to a fresh bank with the
+default add-task settings; every test text of every task is predicted with no task id. The joint
+baseline is one LoRA (r=8, every linear layer, 3 epochs, one-cycle lr 2e-3, batch 32) trained on all
+intents at once. `--quick` uses 6 tasks, 40 training texts per intent and 200 synthetic tasks for the
+cold-open figure (same keys).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+from adapterbank import AdapterBank, dataset_from_pairs, load_dataset  # noqa: E402
+from adapterbank.encoding import collate, length_batches, mean_pool, pad_id_of, tokenize  # noqa: E402
+from adapterbank.routing import INDEX_FILE, RouterIndex, save_statistics  # noqa: E402
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "clinc150"
+
+
+def subset(data, labels, source, per_label=None):
+    keep, seen, texts, targets = set(labels), {}, [], []
+    for text, label in zip(data.texts, data.targets):
+        if label in keep and (per_label is None or seen.get(label, 0) < per_label):
+            seen[label] = seen.get(label, 0) + 1
+            texts.append(text)
+            targets.append(label)
+    return dataset_from_pairs(texts, targets, source=source)
+
+
+def score(predictions, gold, task_of):
+    n = len(gold)
+    return {"accuracy": round(sum(p.label == g for p, g in zip(predictions, gold)) / n, 4),
+            "routing_accuracy": round(sum(p.task == task_of[g] for p, g in zip(predictions, gold)) / n, 4)}
+
+
+def timed(fn):
+    started = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - started
+
+
+def base_forward(bank, texts, batch_size=64):
+    """The base model's own forward on the same texts: tokenize, length-batched, mean-pooled."""
+    base = bank.base
+    with torch.no_grad():
+        ids = tokenize(base.tokenizer, texts)
+        for batch in length_batches(ids, batch_size):
+            input_ids, mask = collate([ids[i] for i in batch], pad_id_of(base.tokenizer), bank.device)
+            mean_pool(base.model(input_ids=input_ids, attention_mask=mask).last_hidden_state, mask)
+
+
+def joint_baseline(bank, train, test, labels):
+    """One LoRA on every linear layer of every transformer layer, all intents at once."""
+    from adapterbank.backbone import num_layers
+    from adapterbank.training import TrainConfig, module_features, train_classifier
+
+    base = bank.base
+    index = {label: i for i, label in enumerate(labels)}
+    config = TrainConfig(kind="lora", epochs=3, lr=2e-3, batch_size=32)
+    ids = tokenize(base.tokenizer, train.texts)
+    trained, seconds = timed(lambda: train_classifier(base.model, base.tokenizer, ids, [index[t] for t in train.targets],
+                                                       len(labels), config, upper_layers=num_layers(base.model),
+                                                       progress=False))
+    test_ids = tokenize(base.tokenizer, test.texts)
+    correct = 0
+    with torch.no_grad():
+        for batch in length_batches(test_ids, 64):
+            input_ids, mask = collate([test_ids[i] for i in batch], pad_id_of(base.tokenizer), bank.device)
+            predicted = trained.head(module_features(trained.peft_model, input_ids, mask)).argmax(-1).tolist()
+            correct += sum(labels[p] == test.targets[i] for p, i in zip(predicted, batch))
+    return round(correct / len(test), 4), round(seconds, 1)
+
+
+def cold_open(bank_dir: Path, template: str, n_tasks: int, per_task: int = 10):
+    """A bank of `n_tasks` synthetic tasks (copies of one real module, random router statistics):
+    seconds from AdapterBank.open to the first routed prediction, and the top-k time per 64 texts."""
+    bank = AdapterBank.open(bank_dir, device="cpu")
+    source = bank.task(template)
+    dim = bank.registry.manifest["router"]["feature_dim"]
+    g = torch.Generator().manual_seed(0)
+    stats = {"counts": torch.full((per_task,), 50.0),
+             "covariance": (torch.eye(dim) / dim).half(), "score_quantiles": torch.linspace(0.3, 1.0, 101)}
+    for i in range(n_tasks):
+        name = f"synthetic-{i:04d}"
+        record = {**source.record, "labels": [f"{name}-{j}" for j in range(per_task)]}
+        for key in ("id", "sequence", "created_at", "files", "name"):
+            record.pop(key, None)
+        with bank.registry.stage_task(name, record) as staging:
+            for f in ("adapter_config.json", "adapter_model.safetensors", "head.safetensors"):
+                shutil.copy(source.path / f, staging / f)
+            means = torch.nn.functional.normalize(torch.randn(per_task, dim, generator=g), dim=-1)
+            save_statistics(staging, {**stats, "means": means})
+    bank.predict(["warm the saved index"])  # builds and saves the index once, as add-task does
+    del bank
+    (_, first), seconds = timed(lambda: (b := AdapterBank.open(bank_dir, device="cpu"), b.predict(["what is my balance"])))
+    index = RouterIndex.load(bank_dir / INDEX_FILE)
+    features = torch.randn(64, dim)
+    index.route(features, top_k=3)
+    _, topk = timed(lambda: [index.route(features, top_k=3, ood_quantile=0) for _ in range(20)])
+    return round(seconds, 3), round(topk / 20 * 1000, 3), len(index.t["means"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cold-tasks", type=int, default=None)
+    args = parser.parse_args()
+    torch.manual_seed(args.seed)
+    n_tasks, per_label, cold_tasks = (6, 40, 200) if args.quick else (15, None, 1000)
+    cold_tasks = args.cold_tasks or cold_tasks
+    train, test = load_dataset(args.data / "train.jsonl"), load_dataset(args.data / "test.jsonl")
+    oos = load_dataset(args.data / "oos_test.jsonl")
+    intents = sorted(train.labels)
+    random.Random(args.seed).shuffle(intents)
+    tasks = [intents[i * 10:(i + 1) * 10] for i in range(n_tasks)]
+    task_of = {label: f"t{i:02d}" for i, labels in enumerate(tasks) for label in labels}
+    every = [label for labels in tasks for label in labels]
+    test_set = subset(test, every, "test")
+    out: dict = {"data": str(args.data), "quick": args.quick, "seed": args.seed, "tasks": n_tasks, "intents_per_task": 10,
+                 "train_texts_per_intent": per_label or "all", "test_texts": len(test_set),
+                 "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                             "python": platform.python_version(), "torch": torch.__version__}}
+    workdir = Path(tempfile.mkdtemp(prefix="adapterbank-routing-"))
+    try:
+        bank = AdapterBank.create(workdir / "bank", device="cpu")
+        add_seconds = []
+        for i, labels in enumerate(tasks):
+            _, seconds = timed(lambda: bank.add_task(f"t{i:02d}", subset(train, labels, f"t{i}", per_label), progress=False))
+            add_seconds.append(seconds)
+        out["add_task_seconds_mean"] = round(sum(add_seconds) / len(add_seconds), 1)
+        texts, gold = test_set.texts, test_set.targets
+        bank.predict(texts[:64])  # warm-up: modules loaded, threads spun up
+        methods = []
+        for method, composition, k in (("prototype", "top1", 1), ("mahalanobis", "top1", 1),
+                                       ("mahalanobis", "output", 3), ("mahalanobis", "weights", 3)):
+            predictions, seconds = timed(lambda: bank.predict(texts, method=method, composition=composition, top_k=k, ood_quantile=0))
+            methods.append({"method": method, "composition": composition, "top_k": k, **score(predictions, gold, task_of),
+                            "texts_per_s": round(len(texts) / seconds, 1)})
+        _, base_seconds = timed(lambda: base_forward(bank, texts))
+        out["base_forward_texts_per_s"] = round(len(texts) / base_seconds, 1)
+        default = methods[1]
+        out["methods"] = methods
+        out["routed_accuracy"], out["routing_accuracy"] = default["accuracy"], default["routing_accuracy"]
+        out["throughput_ratio"] = round(default["texts_per_s"] / out["base_forward_texts_per_s"], 3)
+        # out of scope: the default threshold, CLINC's out-of-scope test texts mixed with the in-scope ones
+        mixed = bank.predict(texts + oos.texts)
+        flagged = [p.label is None for p in mixed]
+        truth = [False] * len(texts) + [True] * len(oos.texts)
+        tp = sum(f and t for f, t in zip(flagged, truth))
+        precision = tp / max(sum(flagged), 1)
+        recall = tp / len(oos.texts)
+        out["oos_precision"], out["oos_recall"] = round(precision, 4), round(recall, 4)
+        out["oos_f1"] = round(2 * precision * recall / max(precision + recall, 1e-9), 4)
+        out["in_scope_accuracy_with_threshold"] = round(sum(p.label == g for p, g in zip(mixed, gold)) / len(gold), 4)
+        joint_train = subset(train, every, "joint", per_label)
+        out["joint_accuracy"], out["joint_train_seconds"] = joint_baseline(bank, joint_train, test_set, sorted(every))
+        (out["cold_open_first_predict_s"], out["topk_ms_per_64"],
+         out["cold_open_classes"]) = cold_open(workdir / "bank", "t00", cold_tasks)
+        out["cold_open_tasks"] = cold_tasks + n_tasks
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
