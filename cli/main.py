@@ -119,14 +119,19 @@ def predict(
     text: Optional[List[str]] = typer.Option(None, "--text", "-t", help="A text to label (repeatable)."),
     input_path: Optional[Path] = typer.Option(None, "--input", "-i", help=".jsonl/.csv with a 'text' field (a 'label' field enables accuracy) or .txt, one text per line."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per text (JSON Lines)."),
-    top_k: int = typer.Option(3, "--top-k", help="Candidate tasks to report per text."),
+    composition: str = typer.Option("top1", "--composition", help="top1: the best task's module answers; output: the --top-k best modules' label probabilities mixed by the router's; weights: their LoRA updates mixed in one pass."),
+    top_k: int = typer.Option(3, "--top-k", help="Modules mixed by --composition output/weights."),
+    method: Optional[str] = typer.Option(None, "--method", help="Router: mahalanobis or prototype.", show_default="bank.json's (mahalanobis)"),
+    ood_quantile: Optional[float] = typer.Option(None, "--ood-quantile", help="Out-of-scope threshold: a text less similar to its task than this fraction of the task's own training texts gets no label; 0 turns it off.", show_default="bank.json's (0.01)"),
+    task: Optional[str] = typer.Option(None, "--task", help="Skip routing: use this task's module."),
     device: str = DeviceOpt,
 ) -> None:
-    """Label texts over every label of every task, without being told the task."""
+    """Label texts over every label of every task, without being told the task (out-of-scope texts print label None)."""
     if bool(text) == (input_path is not None):
         _fail("give texts with --text or a file with --input (one of the two)")
     texts, gold = (list(text), None) if text else load_texts(input_path)
-    predictions = _open(bank, device).predict(texts, top_k=top_k, progress=input_path is not None)
+    predictions = _open(bank, device).predict(texts, top_k=top_k, composition=composition, method=method,
+                                               ood_quantile=ood_quantile, task=task, progress=input_path is not None)
     for item, prediction in zip(texts, predictions):
         if as_json:
             typer.echo(json.dumps({"text": item, **prediction.to_dict()}, ensure_ascii=False))
