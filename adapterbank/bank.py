@@ -246,7 +246,6 @@ class AdapterBank:
         updates mixed by the router's probabilities. `method`: router method (routing.METHODS; default
         from bank.json). `ood_quantile`: out-of-scope threshold (0 turns it off). `task`: skip routing.
         """
-        import torch
         from tqdm.auto import tqdm
 
         from .encoding import collate, length_batches, pad_id_of, tokenize

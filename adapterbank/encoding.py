@@ -60,13 +60,3 @@ def map_batches(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], token_
         for index, row in zip(batch, fn(input_ids, mask).cpu()):
             rows[index] = row
     return torch.stack(rows)
-
-
-def frozen_embeddings(model: torch.nn.Module, tokenizer, token_ids: Sequence[Sequence[int]], batch_size: int = 64) -> torch.Tensor:
-    """L2-normalised mean-pooled embeddings of the frozen base, in input order (float32, on CPU)."""
-
-    def embed(input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        hidden = model(input_ids=input_ids, attention_mask=mask).last_hidden_state
-        return torch.nn.functional.normalize(mean_pool(hidden, mask).float(), dim=-1)
-
-    return map_batches(embed, token_ids, tokenizer, next(model.parameters()).device, batch_size)
