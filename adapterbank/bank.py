@@ -186,7 +186,8 @@ class AdapterBank:
                 raise DataError(f"{eval_set.source}: labels not in the training data: {', '.join(unknown[:5])}")
         from .encoding import tokenize  # heavy (torch, PEFT): only once the input is valid
         from .routing import class_statistics, save_statistics
-        from .training import TrainConfig, train_classifier
+        from .backbone import SplitEncoder
+        from .training import DEFAULT_CACHE_BYTES, LowerStates, TrainConfig, train_classifier
 
         base = self.base
         positions = getattr(base.model.config, "max_position_embeddings", None)
@@ -199,8 +200,10 @@ class AdapterBank:
         index = {label: i for i, label in enumerate(labels)}
         targets = [index[t] for t in train_set.targets]
         token_ids = tokenize(base.tokenizer, train_set.texts, max_length)
-        model = self._model()
-        stats = class_statistics(_router_features(model, base.tokenizer, token_ids), targets, len(labels))
+        trains_lora = kind == "lora" and len(labels) > 1  # only LoRA training reuses the lower states
+        lower = LowerStates(SplitEncoder(base.model, self.upper_layers), base.tokenizer, token_ids, self.device,
+                            DEFAULT_CACHE_BYTES if trains_lora else 0)
+        stats = class_statistics(lower.router_features, targets, len(labels))
         record = {"objective": "classification", "labels": labels, "kind": None, "adapterbank_version": __version__,
                   "base": {"id": self.base_id, "fingerprint": base.fingerprint},
                   "data": {"train_fingerprint": train_set.fingerprint(), "train_examples": len(train_set),
@@ -208,7 +211,8 @@ class AdapterBank:
         trained = None
         if len(labels) > 1:
             trained = train_classifier(base.model, base.tokenizer, token_ids, targets, len(labels), config,
-                                       upper_layers=self.upper_layers, progress=progress, description=f"add-task {name}")
+                                       upper_layers=self.upper_layers, progress=progress, description=f"add-task {name}",
+                                       lower_states=lower)
             record.update(kind=kind, hyperparameters=trained.hyperparameters, metrics=dict(trained.metrics))
         else:
             record["hyperparameters"] = {"max_length": max_length}
@@ -220,7 +224,7 @@ class AdapterBank:
                 trained.head.save(staging)
                 if eval_set is not None:  # measured through the inference path, on the files just written
                     record["metrics"]["eval_accuracy"] = _within_task_accuracy(
-                        model, base.tokenizer, staging, kind, labels, eval_set, max_length)
+                        self._model(), base.tokenizer, staging, kind, labels, eval_set, max_length)
                     record["data"].update(eval_fingerprint=eval_set.fingerprint(), eval_examples=len(eval_set))
             save_statistics(staging, stats)
             record["metrics"]["add_task_seconds"] = round(time.perf_counter() - started, 3)
@@ -395,13 +399,6 @@ def _as_dataset(data: DataLike) -> Dataset:
     if isinstance(data, (str, os.PathLike)):
         return load_dataset(data)
     raise AdapterBankError(f"expected a dataset path or Dataset, got {type(data).__name__}")
-
-
-def _router_features(model, tokenizer, token_ids):
-    """The router's features of tokenized texts (lower pass), in input order."""
-    from .encoding import map_batches
-
-    return map_batches(lambda ids, mask: model.lower(ids, mask).router_features, token_ids, tokenizer, model.device)
 
 
 def _within_task_accuracy(model, tokenizer, task_dir: Path, kind: str, labels: list[str], data: Dataset,

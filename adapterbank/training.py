@@ -81,20 +81,24 @@ def pad_states(states: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tens
 
 
 class LowerStates:
-    """Frozen lower-layer states of the training texts: computed once and kept when they fit in
-    `cache_bytes`, recomputed per batch otherwise (same result, slower)."""
+    """One frozen lower pass over the training texts: the router's features of every text, and the
+    states entering the upper layers, kept when they fit in `cache_bytes` (recomputed per batch
+    otherwise: same result, slower). The lower layers carry no module, so the bank's base serves."""
 
     def __init__(self, split: SplitEncoder, tokenizer, token_ids: Sequence[Sequence[int]], device, cache_bytes: int):
         self.split, self.token_ids, self.device, self.pad = split, token_ids, device, pad_id_of(tokenizer)
-        hidden = split.model.config.hidden_size
-        self.cached: list[torch.Tensor] | None = None
-        if sum(len(t) for t in token_ids) * hidden * 4 <= cache_bytes:
-            self.cached = [None] * len(token_ids)  # type: ignore[list-item]
-            with torch.no_grad():
-                for batch in length_batches(token_ids, 128):
-                    states = self._compute(batch)
-                    for index, state in zip(batch, states):
-                        self.cached[index] = state
+        keep = sum(len(t) for t in token_ids) * split.model.config.hidden_size * 4 <= cache_bytes
+        self.cached: list[torch.Tensor] | None = [None] * len(token_ids) if keep else None  # type: ignore[list-item]
+        features: list[torch.Tensor | None] = [None] * len(token_ids)
+        with torch.no_grad():
+            for batch in length_batches(token_ids, 128):
+                input_ids, mask = collate([token_ids[i] for i in batch], self.pad, device)
+                lower = split.lower(input_ids, mask)
+                for row, index in enumerate(batch):
+                    features[index] = lower.router_features[row].cpu()
+                    if self.cached is not None:
+                        self.cached[index] = lower.hidden[row, : len(token_ids[index])].clone()
+        self.router_features = torch.stack(features)
 
     def _compute(self, batch: Sequence[int]) -> list[torch.Tensor]:
         input_ids, mask = collate([self.token_ids[i] for i in batch], self.pad, self.device)
@@ -117,11 +121,12 @@ def train_classifier(
     upper_layers: int | None = None,
     progress: bool = True,
     description: str = "training",
-    cache_bytes: int = DEFAULT_CACHE_BYTES,
+    lower_states: LowerStates | None = None,
 ) -> TrainedModule:
     """Fit a fresh module + cosine head; returns them with training metrics (loss, examples/s).
 
     `upper_layers`: for LoRA on a split-capable encoder, adapt only that many top layers.
+    `lower_states`: the lower pass over `token_ids` if the caller already ran it (else run here).
     """
     kind = kind_module(config.kind)
     torch.manual_seed(config.seed)
@@ -136,7 +141,7 @@ def train_classifier(
     pad = pad_id_of(tokenizer)
     if use_split:
         split = SplitEncoder(peft_model.base_model.model, upper_layers)
-        lower = LowerStates(split, tokenizer, token_ids, device, cache_bytes)
+        lower = lower_states or LowerStates(split, tokenizer, token_ids, device, DEFAULT_CACHE_BYTES)
 
         def features(indices: Sequence[int]) -> torch.Tensor:
             hidden, mask = lower.batch(indices)
