@@ -26,7 +26,8 @@ class Prediction:
 
     `score` is the router's probability for `task` times the module's probability for `label`;
     `candidates` lists the tasks the router considered, best first, with its probability for each.
-    `label`/`task` are typed optional for out-of-scope answers; today every text goes to its nearest task.
+    `label` and `task` are None when the text is out of scope: it fits no task's classes as well as
+    that task's own training texts did (the router's `ood_quantile` threshold).
     """
 
     label: str | None
@@ -71,8 +72,8 @@ class AdapterBank:
         self._device_spec = device
         self._base_spec = base_override
         self._base: Base | None = None
-        self._router = None  # routing.PrototypeRouter, built on first predict
-        self._runner = None  # inference.ModuleRunner, built on first predict
+        self._router = None  # routing.RouterIndex, built on first predict
+        self._runner = None  # inference.RoutedModel, built on first predict
         self._synced: dict[str, str] = {}  # task name -> task id the router and runner were built for
 
     # -- lifecycle ------------------------------------------------------------------------------

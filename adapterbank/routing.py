@@ -156,13 +156,20 @@ class RouterIndex:
         if quantile <= 0:
             return torch.ones(len(tasks), dtype=torch.bool)
         self._weights()
-        cos = torch.nn.functional.normalize(features.float(), dim=-1) @ self.t["prototypes"].T
-        cos = cos.masked_fill(self.t["owner"].unsqueeze(0) != tasks.unsqueeze(1), -2.0)
+        # a task's classes are one contiguous block of the index: score each row against its task only
+        sizes = torch.bincount(self.t["owner"], minlength=len(self.task_names))
+        starts = (sizes.cumsum(0) - sizes).tolist()
+        x = torch.nn.functional.normalize(features.float(), dim=-1)
+        best = x.new_empty(len(tasks))
+        for task in tasks.unique().tolist():
+            rows = (tasks == task).nonzero().squeeze(1)
+            block = self.t["prototypes"][starts[task]:starts[task] + int(sizes[task])]
+            best[rows] = (x[rows] @ block.T).max(-1).values
         position = quantile * 100
         low, frac = int(position), position - int(position)
         table = self.t["thresholds"][tasks]
         threshold = table[:, low] + frac * (table[:, min(low + 1, 100)] - table[:, low])
-        return cos.max(-1).values >= threshold
+        return best >= threshold
 
     def route(self, features: torch.Tensor, top_k: int = 1, method: str = DEFAULT_METHOD,
               ood_quantile: float = DEFAULT_OOD_QUANTILE) -> list[Route]:
