@@ -122,11 +122,14 @@ def train_classifier(
     progress: bool = True,
     description: str = "training",
     lower_states: LowerStates | None = None,
+    resume: TrainedModule | None = None,
 ) -> TrainedModule:
     """Fit a fresh module + cosine head; returns them with training metrics (loss, examples/s).
 
     `upper_layers`: for LoRA on a split-capable encoder, adapt only that many top layers.
     `lower_states`: the lower pass over `token_ids` if the caller already ran it (else run here).
+    `resume`: keep training that module (same config) with its head grown to `n_classes`: the rows it
+    has are kept, new classes start at their class means (sequential fine-tuning, a baseline).
     """
     kind = kind_module(config.kind)
     torch.manual_seed(config.seed)
@@ -136,8 +139,11 @@ def train_classifier(
     layer_indices = SplitEncoder(base_model, upper_layers).upper_indices if use_split else None
     peft_config = kind.make_config(base_model, rank=config.rank, virtual_tokens=config.virtual_tokens,
                                    upper_layers=layer_indices)
-    with quiet_peft():
-        peft_model = get_peft_model(copy.deepcopy(base_model), peft_config)
+    if resume is not None:
+        peft_model = resume.peft_model
+    else:
+        with quiet_peft():
+            peft_model = get_peft_model(copy.deepcopy(base_model), peft_config)
     pad = pad_id_of(tokenizer)
     if use_split:
         split = SplitEncoder(peft_model.base_model.model, upper_layers)
@@ -153,6 +159,12 @@ def train_classifier(
 
     labels = torch.tensor(list(targets), device=device)
     head = CosineHead(_initial_prototypes(peft_model, features, token_ids, labels, n_classes)).to(device)
+    if resume is not None:
+        with torch.no_grad():
+            known = resume.head.weight.shape[0]
+            head.weight[:known] = resume.head.weight
+            head.bias[:known] = resume.head.bias
+            head.scale.copy_(resume.head.scale)
     epochs, lr = config.resolved_epochs(len(token_ids)), config.resolved_lr()
     adapter_params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
