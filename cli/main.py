@@ -142,6 +142,48 @@ def predict(
         typer.echo(f"accuracy: {accuracy:.2%} ({len(gold)} texts)", err=True)
 
 
+class Scenario(str, Enum):
+    class_ = "class"
+    task = "task"
+    domain = "domain"
+
+
+@app.command("eval")
+def evaluate(
+    data_dir: Path = typer.Argument(..., help="train.jsonl + test.jsonl (labels dealt into tasks), or one sub-folder per task/domain with its own files.", show_default=False),
+    out: Path = typer.Option(..., "--out", help="Output directory: results.json, report.md, accuracy_matrix.png and the bank (must not hold a bank yet)."),
+    scenario: Scenario = typer.Option(Scenario.class_, "--scenario", help="class: new labels, no task id at test time; task: the task id is given; domain: same labels, new domains (sub-folders)."),
+    n_tasks: Optional[int] = typer.Option(None, "--tasks", help="Flat data: deal the labels into this many tasks (seeded shuffle).", show_default="5"),
+    task_map: Optional[Path] = typer.Option(None, "--task-map", help='Flat data: JSON {"task": ["label", ...]} fixing tasks and their order (e.g. CLINC150 domains.json).'),
+    order: Optional[str] = typer.Option(None, "--order", help="Sub-folders: comma-separated task order.", show_default="alphabetical"),
+    kind: Kind = typer.Option(Kind.lora, "--kind", help="Module kind for every task."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the task split and training (same seed, same numbers)."),
+    baselines: str = typer.Option("joint,seqlora,ncm", "--baselines", help="Comma-separated baselines to run beside the bank ('' for none)."),
+    max_train_per_class: Optional[int] = typer.Option(None, "--max-train-per-class", help="Cap training texts per label (seeded draw)."),
+    base: str = typer.Option("minilm", "--base", help="Base model for the fresh bank."),
+    device: str = DeviceOpt,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Continual-learning evaluation: add the tasks one by one to a fresh bank, measure after each
+    (accuracy matrix, AA, BWT, FWT, forgetting, routing, oracle) and compare with baselines."""
+    from adapterbank import evaluation, report
+    from adapterbank.baselines import BASELINES
+    from adapterbank.scenarios import load_scenario
+
+    chosen = [b.strip() for b in baselines.split(",") if b.strip()]
+    for name in chosen:
+        if name not in BASELINES:
+            _fail(f"--baselines: unknown baseline {name!r}; choose from: {', '.join(BASELINES)}")
+    tasks = load_scenario(data_dir, scenario.value, n_tasks=n_tasks, task_map=task_map,
+                          order=[o.strip() for o in order.split(",") if o.strip()] if order else None, seed=seed,
+                          max_train_per_class=max_train_per_class)
+    results = evaluation.run(tasks, out, scenario=scenario.value, base=base, kind=kind.value, seed=seed,
+                             baselines=chosen, device=device, progress=not quiet)
+    paths = report.write(results, out)
+    typer.echo(report.markdown(results))
+    typer.echo(f"wrote {paths['results']}, {paths['report']}, {paths['heatmap']}")
+
+
 @app.command()
 def demo(
     bank: Optional[Path] = typer.Option(None, "--bank", help="Where to build the demo bank (must not exist).", show_default="a new temp dir, kept"),

@@ -1,0 +1,141 @@
+"""The continual-learning protocol: data checks before training, the results, the report, reproducibility."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from adapterbank import evaluation, metrics, report
+from adapterbank.errors import DataError
+from adapterbank.scenarios import load_scenario
+
+from conftest import TASK_LABELS, synthetic_rows, write_jsonl
+from test_cli import invoke
+
+TASKS = ["alpha", "beta", "gamma"]
+
+
+@pytest.fixture()
+def flat_data(tmp_path) -> Path:
+    """All three synthetic tasks in one train/test pair, plus a task map in the order alpha, beta, gamma."""
+    root = tmp_path / "data"
+    root.mkdir()
+    write_jsonl(root / "train.jsonl", [r for t in TASKS for r in synthetic_rows(t, per_label=16, seed=0)])
+    write_jsonl(root / "test.jsonl", [r for t in TASKS for r in synthetic_rows(t, per_label=6, seed=1)])
+    (root / "tasks.json").write_text(json.dumps({t: TASK_LABELS[t] for t in TASKS}))
+    return root
+
+
+def test_flat_data_is_dealt_into_disjoint_seeded_tasks(flat_data):
+    tasks = load_scenario(flat_data, n_tasks=2, seed=3)
+    labels = [label for task in tasks for label in task.labels]
+    assert sorted(labels) == sorted(label for t in TASKS for label in TASK_LABELS[t])
+    assert [len(t.labels) for t in tasks] == [3, 3]
+    assert all(set(t.test.targets) <= set(t.labels) and set(t.train.targets) == set(t.labels) for t in tasks)
+    assert [t.labels for t in load_scenario(flat_data, n_tasks=2, seed=3)] == [t.labels for t in tasks]
+    mapped = load_scenario(flat_data, task_map=flat_data / "tasks.json", max_train_per_class=5)
+    assert [t.name for t in mapped] == TASKS
+    assert all(len(t.train) == 5 * len(t.labels) for t in mapped)
+
+
+def test_folders_are_tasks_in_the_given_order(tmp_path):
+    for name in TASKS:
+        write_jsonl((tmp_path / name).mkdir() or tmp_path / name / "train.jsonl", synthetic_rows(name, 4, 0))
+        write_jsonl(tmp_path / name / "test.jsonl", synthetic_rows(name, 2, 1))
+    assert [t.name for t in load_scenario(tmp_path)] == TASKS
+    assert [t.name for t in load_scenario(tmp_path, order=["gamma", "alpha"])] == ["gamma", "alpha"]
+    with pytest.raises(DataError, match="shares no label"):
+        load_scenario(tmp_path, scenario="domain")
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda root: (root / "test.jsonl").unlink(), "missing test split"),
+    (lambda root: write_jsonl(root / "test.jsonl", [{"text": "zzz", "label": "never_trained"}]), "'never_trained' .* never appears"),
+    (lambda root: (root / "tasks.json").write_text('{"alpha": [], "beta": ["b_one"]}'), "task 'alpha' is empty"),
+    (lambda root: (root / "tasks.json").write_text('{"x": ["a_one"], "y": ["a_one"]}'), "in both task 'x' and task 'y'"),
+    (lambda root: (root / "tasks.json").write_text('{"x": ["a_one"]}'), "training labels are in no task"),
+    (lambda root: (root / "tasks.json").write_text('{"../up": ["a_one", "a_two", "b_one", "b_two", "b_three", "g_one"]}'),
+     "cannot name a bank task"),
+])
+def test_bad_inputs_fail_before_training(flat_data, damage, message):
+    damage(flat_data)
+    with pytest.raises(DataError, match=message):
+        load_scenario(flat_data, task_map=flat_data / "tasks.json")
+
+
+def test_more_tasks_than_labels_or_wrong_layout_is_refused(flat_data):
+    with pytest.raises(DataError, match="7 tasks asked for but the data has only 6 labels"):
+        load_scenario(flat_data, n_tasks=7)
+    with pytest.raises(DataError, match="domain scenario needs one sub-folder per domain"):
+        load_scenario(flat_data, scenario="domain")
+
+
+def _without_times(results: dict) -> dict:
+    stripped = {k: v for k, v in results.items() if k not in ("wall_s", "stages", "peak_rss_mb")}
+    stripped["baselines"] = {k: {kk: vv for kk, vv in v.items() if kk != "wall_s"} for k, v in results["baselines"].items()}
+    return stripped
+
+
+@pytest.fixture(scope="module")
+def class_run(tmp_path_factory, tiny_base):
+    root = tmp_path_factory.mktemp("eval")
+    (root / "data").mkdir()
+    write_jsonl(root / "data" / "train.jsonl", [r for t in TASKS for r in synthetic_rows(t, per_label=16, seed=0)])
+    write_jsonl(root / "data" / "test.jsonl", [r for t in TASKS for r in synthetic_rows(t, per_label=6, seed=1)])
+    (root / "data" / "tasks.json").write_text(json.dumps({t: TASK_LABELS[t] for t in TASKS}))
+    tasks = load_scenario(root / "data", task_map=root / "data" / "tasks.json")
+    results = evaluation.run(tasks, root / "out", base=tiny_base, device="cpu", progress=False)
+    return root, tasks, results
+
+
+def test_class_incremental_results_follow_the_protocol(class_run):
+    root, tasks, results = class_run
+    matrix = results["accuracy_matrix"]
+    assert results["scenario"] == "class" and results["tasks"] == [TASK_LABELS[t] for t in TASKS]
+    # measured: every seen task at every stage, plus the next task (forward transfer); nothing further
+    assert [[v is not None for v in row] for row in matrix] == [[True, True, False], [True, True, True], [True, True, True]]
+    assert matrix[0][1] == 0.0 and matrix[1][2] == 0.0  # class-incremental: unseen labels cannot be predicted
+    assert results["average_accuracy"] == pytest.approx(metrics.average_accuracy(matrix))
+    assert results["bwt"] == pytest.approx(metrics.backward_transfer(matrix))
+    assert results["fwt"] == pytest.approx(metrics.forward_transfer(matrix, results["zero_training_accuracy"]))
+    assert results["average_accuracy"] > 0.8 and results["routing_accuracy"] > 0.8  # separable synthetic tasks
+    assert results["oracle_accuracy"] >= results["average_accuracy"] - 1e-9  # the task id can only help here
+    assert set(results["baselines"]) == {"joint", "seqlora", "ncm"}
+    for values in results["baselines"].values():
+        assert 0.0 <= values["average_accuracy"] <= 1.0
+    assert len(results["baselines"]["seqlora"]["accuracy_matrix"]) == 3
+    assert results["peak_rss_mb"] > 0 and results["wall_s"]["total_s"] > 0
+    assert (root / "out" / "bank" / "bank.json").exists()
+
+
+def test_report_files(class_run, tmp_path):
+    _, _, results = class_run
+    paths = report.write(results, tmp_path)
+    assert json.loads(paths["results"].read_text())["average_accuracy"] == results["average_accuracy"]
+    text = paths["report"].read_text()
+    assert "| adapterbank |" in text and "| seqlora |" in text and "| after \\ on | alpha | beta | gamma |" in text
+    assert paths["heatmap"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_same_seed_same_numbers(class_run, tiny_base, tmp_path):
+    root, tasks, results = class_run
+    again = evaluation.run(tasks, tmp_path / "again", base=tiny_base, device="cpu", progress=False)
+    assert _without_times(again) == _without_times(results)
+
+
+def test_task_incremental_gives_the_task_id(flat_data, tiny_base, tmp_path):
+    tasks = load_scenario(flat_data, scenario="task", task_map=flat_data / "tasks.json")
+    results = evaluation.run(tasks, tmp_path / "out", scenario="task", base=tiny_base, device="cpu",
+                             baselines=["ncm"], progress=False)
+    assert results["routing_accuracy"] is None
+    assert results["average_accuracy"] == pytest.approx(results["oracle_accuracy"])
+
+
+def test_cli_eval_rejects_bad_input_before_anything_is_written(flat_data, tmp_path):
+    (flat_data / "test.jsonl").unlink()
+    code, out = invoke("eval", flat_data, "--out", tmp_path / "out", "--tasks", "2")
+    assert code == 1 and "missing test split" in out
+    assert not (tmp_path / "out").exists()
+    code, out = invoke("eval", flat_data, "--out", tmp_path / "out", "--baselines", "joint,oracle")
+    assert code == 1 and "unknown baseline 'oracle'" in invoke.stderr
