@@ -1,0 +1,66 @@
+"""The full continual-learning protocol on CLINC150 (15 tasks x 10 intents) and Banking77 (7 x 11),
+with the joint, seqlora and ncm baselines. Writes results.json, report.md and accuracy_matrix.png per
+dataset under --out and prints a JSON summary.
+
+    python benchmarks/continual_eval.py [--datasets clinc150,banking77] [--out benchmarks/results] [--seed 0]
+        [--max-train-per-class N]
+
+Labels are dealt into tasks by the seeded shuffle of `adapterbank eval --tasks T` (the same as
+`adapterbank eval ../shared/data/clinc150 --tasks 15 --out DIR`); the bank lives in a temp dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from adapterbank import evaluation, report  # noqa: E402
+from adapterbank.scenarios import load_scenario  # noqa: E402
+
+DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
+TASK_COUNTS = {"clinc150": 15, "banking77": 7}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", default="clinc150,banking77")
+    parser.add_argument("--data-root", type=Path, default=DATA_ROOT)
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-train-per-class", type=int, default=None)
+    parser.add_argument("--progress", action="store_true", help="show progress bars (stderr)")
+    args = parser.parse_args()
+    summary = {}
+    for name in [d.strip() for d in args.datasets.split(",") if d.strip()]:
+        if name not in TASK_COUNTS:
+            parser.error(f"unknown dataset {name!r}; choose from: {', '.join(TASK_COUNTS)}")
+        started = time.perf_counter()
+        tasks = load_scenario(args.data_root / name, "class", n_tasks=TASK_COUNTS[name], seed=args.seed,
+                              max_train_per_class=args.max_train_per_class)
+        workdir = Path(tempfile.mkdtemp(prefix=f"adapterbank-eval-{name}-"))
+        try:
+            results = evaluation.run(tasks, args.out / name, seed=args.seed, device="cpu", progress=args.progress,
+                                     bank_dir=workdir / "bank")
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        report.write(results, args.out / name)
+        summary[name] = {key: results[key] for key in ("average_accuracy", "bwt", "fwt", "forgetting",
+                                                       "routing_accuracy", "oracle_accuracy", "peak_rss_mb")}
+        summary[name]["baselines"] = {k: {m: v.get(m) for m in ("average_accuracy", "bwt", "forgetting")}
+                                      for k, v in results["baselines"].items()}
+        summary[name]["wall_s"] = results["wall_s"]
+        summary[name]["run_s"] = round(time.perf_counter() - started, 1)
+        summary[name]["report"] = str(args.out / name / report.REPORT_FILE)
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
