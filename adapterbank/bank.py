@@ -293,7 +293,7 @@ class AdapterBank:
                 routes = index.route(lower.router_features.cpu(), top_k=max(k, SHOWN_CANDIDATES), method=method,
                                      ood_quantile=quantile)
             mixtures = _run_modules(model, records, [Route(r.tasks[:k], r.probabilities[:k], r.in_scope) for r in routes],
-                                    lower, input_ids, mask, composition)
+                                    lower, input_ids, mask, composition, self._check_task)
             for row, (route, mixture) in enumerate(zip(routes, mixtures)):
                 candidates = list(zip(route.tasks, route.probabilities))
                 if not route.in_scope:
@@ -318,12 +318,17 @@ class AdapterBank:
         if self._router is None or current != self._synced:
             dim = self.registry.manifest["router"]["feature_dim"]
             tasks = {name: (task_id, records[name].path) for name, task_id in current.items()}
-            self._router = sync_index(self.path, tasks, dim, cached=self._router)
+            self._router = sync_index(self.path, tasks, dim, cached=self._router,
+                                      verify=lambda name: self._check_task(name, records[name]))
             if self._runner is not None:
                 for name in [n for n in self._runner.loaded if current.get(n) != self._synced.get(n)]:
                     del self._runner.loaded[name]
             self._synced = current
         return self._router, self._model()
+
+    def _check_task(self, name: str, info: TaskInfo) -> None:
+        """Before a task's files are first read: they must match the sha256 in its task.json."""
+        self.registry.check_files(name, info.record, sorted(info.record.get("files", {})))
 
     def _model(self):
         from .inference import RoutedModel
@@ -341,7 +346,8 @@ COMPOSITIONS = ("top1", "output", "weights")
 SHOWN_CANDIDATES = 3  # router candidates reported with each prediction, whatever the composition
 
 
-def _run_modules(model, records: dict[str, TaskInfo], routes, lower, input_ids, mask, composition: str) -> list[dict]:
+def _run_modules(model, records: dict[str, TaskInfo], routes, lower, input_ids, mask, composition: str,
+                 check=None) -> list[dict]:
     """For each row, {(label, task): probability} mixed over the row's candidate tasks.
 
     All (row, task) pairs of the batch go through one upper pass for LoRA (each row through its own
@@ -359,7 +365,11 @@ def _run_modules(model, records: dict[str, TaskInfo], routes, lower, input_ids, 
                 mixtures[row][key] = mixtures[row].get(key, 0.0) + weight
             else:
                 (lora_pairs if info.kind == "lora" else prompt_pairs).append((row, name, weight))
-    modules = {name: model.load(name, records[name].path, records[name].kind) for _, name, _ in lora_pairs + prompt_pairs}
+    modules = {}
+    for name in dict.fromkeys(name for _, name, _ in lora_pairs + prompt_pairs):
+        if check is not None and name not in model.loaded:
+            check(name, records[name])
+        modules[name] = model.load(name, records[name].path, records[name].kind)
     features: list[tuple[int, str, float, torch.Tensor]] = []
     if lora_pairs and composition == "weights":
         rows = sorted({row for row, _, _ in lora_pairs})

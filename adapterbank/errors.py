@@ -32,5 +32,9 @@ class ModelNotFoundError(AdapterBankError):
     """The base model could not be resolved or loaded."""
 
 
+class IntegrityError(BankError):
+    """A bank file does not match its recorded checksum: edited, truncated, swapped or damaged."""
+
+
 class BaseMismatchError(BankError):
     """The base model offered does not match the one the bank was built on."""

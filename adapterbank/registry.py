@@ -3,6 +3,10 @@
 A task becomes visible only by an atomic rename of a fully written, checksummed directory, so a reader
 never sees half a task. The set of tasks is the set of complete task directories; `bank.json` holds
 what belongs to the bank as a whole (format, base model, router settings).
+
+Tamper evidence: `bank.json` and every `task.json` carry a `checksum` of their own content, and
+`task.json` lists the sha256 of each file of the task. Manifests are checked whenever they are read,
+a task's files whenever they are loaded (`check_files`), and `verify` checks a whole bank.
 """
 
 from __future__ import annotations
@@ -20,9 +24,9 @@ from typing import Iterator
 
 from filelock import FileLock
 
-from .errors import BankError, InvalidNameError, TaskExistsError, TaskNotFoundError
+from .errors import BankError, IntegrityError, InvalidNameError, TaskExistsError, TaskNotFoundError
 
-FORMAT_VERSION = 2  # 2: modules on the upper layers only, router statistics over lower-layer features
+FORMAT_VERSION = 3  # 2: modules on the upper layers only, router statistics over lower-layer features; 3: sealed manifests
 MANIFEST = "bank.json"
 TASK_MANIFEST = "task.json"
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -60,6 +64,25 @@ def write_json_atomic(path: Path, payload: dict) -> None:
         os.fsync(handle.fileno())
     os.replace(tmp, path)
     _fsync_dir(path.parent)
+
+
+def _content_checksum(payload: dict) -> str:
+    body = {k: v for k, v in payload.items() if k != "checksum"}
+    canonical = json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def seal(payload: dict) -> dict:
+    """The manifest with a `checksum` of its own content, so an edit or a flipped bit is detected."""
+    return {**{k: v for k, v in payload.items() if k != "checksum"}, "checksum": _content_checksum(payload)}
+
+
+def read_sealed(path: Path) -> dict:
+    """A manifest whose checksum matches its content; IntegrityError naming the file otherwise."""
+    payload = read_json(path)
+    if payload.get("checksum") != _content_checksum(payload):
+        raise IntegrityError(f"{path}: checksum mismatch: the file was edited or damaged (run `adapterbank verify`)")
+    return payload
 
 
 def read_json(path: Path) -> dict:
@@ -112,14 +135,15 @@ class Registry:
         try:
             (root / "tasks").mkdir(parents=True, exist_ok=True)
             full = {"format_version": FORMAT_VERSION, "created_at": _now(), **manifest}
-            write_json_atomic(root / MANIFEST, full)
+            write_json_atomic(root / MANIFEST, seal(full))
         except BaseException:
             shutil.rmtree(root if created_root else root / "tasks", ignore_errors=True)
             raise
         return cls(root, full)
 
     @classmethod
-    def open(cls, root: str | Path) -> "Registry":
+    def open(cls, root: str | Path, check_manifest: bool = True) -> "Registry":
+        """Open a bank; `check_manifest=False` (for `verify`) reads a bank.json whose checksum fails."""
         root = Path(root).expanduser()
         if not root.is_dir():
             raise BankError(f"{root}: no such bank (directory not found)")
@@ -127,6 +151,8 @@ class Registry:
             raise BankError(f"{root}: not a bank (no {MANIFEST}); create one with `adapterbank init`")
         manifest = read_json(root / MANIFEST)
         version = manifest.get("format_version")
+        if version == FORMAT_VERSION and check_manifest:
+            manifest = read_sealed(root / MANIFEST)
         if version != FORMAT_VERSION:
             raise BankError(f"{root / MANIFEST}: unsupported format_version {version!r} (this adapterbank reads {FORMAT_VERSION})")
         if not isinstance(manifest.get("base"), dict) or "id" not in manifest["base"]:
@@ -164,7 +190,42 @@ class Registry:
         return self.tasks_dir / name
 
     def read_task(self, name: str) -> dict:
-        return read_json(self.tasks_dir / name / TASK_MANIFEST)
+        return read_sealed(self.tasks_dir / name / TASK_MANIFEST)
+
+    def check_files(self, name: str, record: dict, files: list[str]) -> None:
+        """The named files of a task match the sha256 its task.json lists (IntegrityError naming the first that does not)."""
+        listed = record.get("files", {})
+        for filename in files:
+            path = self.tasks_dir / name / filename
+            if filename not in listed:
+                raise IntegrityError(f"{path}: not listed in the task's task.json")
+            if not path.is_file():
+                raise IntegrityError(f"{path}: missing")
+            if sha256_file(path) != listed[filename]:
+                raise IntegrityError(f"{path}: sha256 mismatch: the file was changed, truncated or swapped since the task was added")
+
+    def verify(self) -> tuple[int, list[str]]:
+        """(tasks checked, every problem found, one line each naming the file): empty means intact."""
+        problems = []
+        try:
+            read_sealed(self.root / MANIFEST)
+        except BankError as exc:
+            problems.append(str(exc))
+        if not self.tasks_dir.is_dir():
+            return 0, problems + [f"{self.tasks_dir}: missing"]
+        entries = [e for e in sorted(self.tasks_dir.iterdir()) if not e.name.startswith(".")]
+        for entry in entries:
+            try:
+                record = self.read_task(entry.name)
+                if record.get("name") != entry.name:
+                    raise IntegrityError(f"{entry / TASK_MANIFEST}: names task {record.get('name')!r}, not {entry.name!r}")
+                self.check_files(entry.name, record, sorted(record.get("files", {})))
+                extra = sorted(p.name for p in entry.iterdir() if p.name not in record.get("files", {}) and p.name != TASK_MANIFEST)
+                if extra:
+                    raise IntegrityError(f"{entry / extra[0]}: not part of the task (not listed in task.json)")
+            except BankError as exc:
+                problems.append(str(exc))
+        return len(entries), problems
 
     def ensure_new_name(self, name: str) -> None:
         validate_task_name(name)
@@ -190,7 +251,7 @@ class Registry:
                 sequence = 1 + max((r.get("sequence", 0) for r in self.read_tasks().values()), default=0)
                 full = {"name": name, "id": uuid.uuid4().hex, "sequence": sequence, "created_at": _now(), **record,
                         "files": files}
-                write_json_atomic(staging / TASK_MANIFEST, full)
+                write_json_atomic(staging / TASK_MANIFEST, seal(full))
                 os.rename(staging, self.tasks_dir / name)
                 _fsync_dir(self.tasks_dir)
         finally:

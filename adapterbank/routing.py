@@ -15,6 +15,7 @@ the task ids it was built from, so a bank of 1,000 tasks opens without reading 1
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import uuid
@@ -118,7 +119,8 @@ class RouterIndex:
     def save(self, path: Path) -> None:
         self._weights()
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        meta = {"task_names": json.dumps(self.task_names), "task_ids": json.dumps(self.task_ids)}
+        meta = {"task_names": json.dumps(self.task_names), "task_ids": json.dumps(self.task_ids),
+                "sha256": _digest(self.t)}
         save_file({k: v.contiguous() for k, v in self.t.items()}, str(tmp), metadata=meta)
         os.replace(tmp, path)
 
@@ -127,6 +129,8 @@ class RouterIndex:
         with safe_open(str(path), framework="pt") as handle:
             meta = handle.metadata() or {}
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        if meta.get("sha256") != _digest(tensors):
+            raise ValueError(f"{path}: content does not match its checksum")
         index = cls(json.loads(meta["task_names"]), json.loads(meta["task_ids"]), tensors)
         index._fresh_weights = "discriminant" in tensors
         return index
@@ -182,10 +186,20 @@ class RouterIndex:
                 for ps, idx, ok in zip(top_p.tolist(), top_i.tolist(), keep.tolist())]
 
 
+def _digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over the tensors' names and bytes: a flipped bit in the saved index is noticed on load."""
+    digest = hashlib.sha256()
+    for key in sorted(tensors):
+        digest.update(key.encode("utf-8"))
+        digest.update(tensors[key].contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def sync_index(bank_root: Path, tasks: dict[str, tuple[str, Path]], dim: int, cached: RouterIndex | None = None,
-               persist: bool = True) -> RouterIndex:
+               persist: bool = True, verify=None) -> RouterIndex:
     """The index for exactly `tasks` (name -> (id, dir)): reuse `cached` or the saved index when they
-    match, extend it when tasks were only added, rebuild from the per-task files otherwise."""
+    match, extend it when tasks were only added, rebuild from the per-task files otherwise.
+    `verify(name)` is called before a task's statistics are read (integrity check)."""
     wanted = [(name, task_id) for name, (task_id, _) in tasks.items()]
     path = Path(bank_root) / INDEX_FILE
     index = cached
@@ -200,6 +214,8 @@ def sync_index(bank_root: Path, tasks: dict[str, tuple[str, Path]], dim: int, ca
     if index is None or have != wanted[: len(have)] or index.t["means"].shape[1] != dim:
         index, have = RouterIndex.empty(dim), []
     for name, task_id in wanted[len(have):]:
+        if verify is not None:
+            verify(name)
         index.add(name, task_id, load_statistics(tasks[name][1]))
     if persist:
         try:

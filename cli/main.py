@@ -114,6 +114,21 @@ def remove(bank: Path = BankArg, name: str = typer.Argument(..., help="Task name
 
 
 @app.command()
+def verify(bank: Path = BankArg) -> None:
+    """Check a whole bank: manifests against their checksums, every task file against the sha256 in its
+    task.json, no stray files. Prints each problem and exits 1 if there is any."""
+    from adapterbank.registry import Registry
+
+    registry = Registry.open(bank, check_manifest=False)  # a failing bank.json is reported, not fatal
+    checked, problems = registry.verify()
+    for problem in problems:
+        typer.echo(f"FAIL {problem}", err=True)
+    if problems:
+        _fail(f"{len(problems)} problem(s) in bank {registry.root}")
+    typer.echo(f"ok: bank {registry.root}, {checked} tasks, every file matches its checksum")
+
+
+@app.command()
 def predict(
     bank: Path = BankArg,
     text: Optional[List[str]] = typer.Option(None, "--text", "-t", help="A text to label (repeatable)."),
