@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from . import __version__
-from .data import Dataset, load_dataset
+from . import __version__, faults
+from .data import Dataset, check_label_count, load_dataset
 from .errors import AdapterBankError, BankError, BaseMismatchError, DataError, TaskNotFoundError
 from .models import DEFAULT_BASE, DEFAULT_MAX_LENGTH, Base, load_base, resolve_device
 from .registry import Registry
@@ -179,6 +179,7 @@ class AdapterBank:
         _check_positive(rank=rank, virtual_tokens=virtual_tokens, batch_size=batch_size, max_length=max_length,
                         epochs=epochs, lr=lr)
         train_set = _as_dataset(train)
+        check_label_count(train_set)
         eval_set = _as_dataset(eval) if eval is not None else None
         labels = train_set.labels
         if eval_set is not None:
@@ -204,6 +205,7 @@ class AdapterBank:
         trains_lora = kind == "lora" and len(labels) > 1  # only LoRA training reuses the lower states
         lower = LowerStates(SplitEncoder(base.model, self.upper_layers), base.tokenizer, token_ids, self.device,
                             DEFAULT_CACHE_BYTES if trains_lora else 0)
+        faults.point("lower-pass")
         stats = class_statistics(lower.router_features, targets, len(labels))
         record = {"objective": "classification", "labels": labels, "kind": None, "adapterbank_version": __version__,
                   "base": {"id": self.base_id, "fingerprint": base.fingerprint},
@@ -215,6 +217,7 @@ class AdapterBank:
                                        upper_layers=self.upper_layers, progress=progress, description=f"add-task {name}",
                                        lower_states=lower)
             record.update(kind=kind, hyperparameters=trained.hyperparameters, metrics=dict(trained.metrics))
+            faults.point("trained")
         else:
             record["hyperparameters"] = {"max_length": max_length}
             record["metrics"] = {"note": "single label: no module trained, the router alone selects this task"}
@@ -222,12 +225,15 @@ class AdapterBank:
             if trained is not None:
                 trained.peft_model.save_pretrained(str(staging))
                 (staging / "README.md").unlink(missing_ok=True)  # PEFT's model card: only JSON + safetensors here
+                faults.point("saved-module")
                 trained.head.save(staging)
+                faults.point("saved-head")
                 if eval_set is not None:  # measured through the inference path, on the files just written
                     record["metrics"]["eval_accuracy"] = _within_task_accuracy(
                         self._model(), base.tokenizer, staging, kind, labels, eval_set, max_length)
                     record["data"].update(eval_fingerprint=eval_set.fingerprint(), eval_examples=len(eval_set))
             save_statistics(staging, stats)
+            faults.point("saved-router")
             record["metrics"]["add_task_seconds"] = round(time.perf_counter() - started, 3)
         self._sync({info.name: info for info in self.tasks()})  # keep the saved router index current
         return self.task(name)

@@ -12,6 +12,13 @@ from pathlib import Path
 from .errors import DataError
 
 SUPPORTED_SUFFIXES = (".jsonl", ".json", ".csv")
+# Bounds that keep a hostile or mistaken file from exhausting memory. A file is read whole (memory is
+# proportional to its size, about 3x for short texts), so its size is capped before reading; one example
+# is capped because texts are truncated to the model's max length anyway; a task's labels are capped
+# because each label costs a head row and router statistics.
+MAX_FILE_BYTES = 1 << 30
+MAX_LINE_BYTES = 1 << 20
+MAX_LABELS_PER_TASK = 10_000
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,9 @@ def _decode(path: Path) -> str:
         raise DataError(f"{path}: file not found")
     if not path.is_file():
         raise DataError(f"{path}: not a file")
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise DataError(f"{path}: {size:,} bytes; data files may be at most {MAX_FILE_BYTES:,} bytes (split the file)")
     raw = path.read_bytes()
     try:
         return raw.decode("utf-8-sig")
@@ -98,6 +108,7 @@ def dataset_from_pairs(texts: list[str], labels: list[str], source: str = "<memo
 def _read_jsonl(path: Path, content: str, require_label: bool) -> list[tuple[str, str | None]]:
     rows = []
     for number, line in enumerate(content.splitlines(), start=1):
+        _check_line_size(path, number, line)
         if not line.strip():
             continue
         try:
@@ -133,12 +144,27 @@ def _read_csv(path: Path, content: str, require_label: bool) -> list[tuple[str, 
             number = reader.line_num
             if not any(cell.strip() for cell in row):
                 continue
+            _check_line_size(path, number, max(row, key=len))
             if len(row) != len(columns):
                 raise DataError(f"{path}:{number}: expected {len(columns)} fields, found {len(row)}")
             rows.append(_validate(str(path), number, row[text_at], None if label_at is None else row[label_at], require_label))
     except csv.Error as exc:
         raise DataError(f"{path}:{reader.line_num}: malformed CSV ({exc})") from None
     return rows
+
+
+def _check_line_size(path: Path, number: int, text: str) -> None:
+    if len(text) > MAX_LINE_BYTES // 4 and len(text.encode("utf-8")) > MAX_LINE_BYTES:
+        raise DataError(f"{path}:{number}: {len(text.encode('utf-8')):,} bytes in one example; the limit is "
+                        f"{MAX_LINE_BYTES:,} (texts are truncated to the model's max length anyway)")
+
+
+def check_label_count(data: "Dataset") -> None:
+    """A task may hold at most MAX_LABELS_PER_TASK labels (checked before any training)."""
+    count = len(set(data.targets))
+    if count > MAX_LABELS_PER_TASK:
+        raise DataError(f"{data.source}: {count:,} distinct labels; a task holds at most {MAX_LABELS_PER_TASK:,} "
+                        "(split the labels into several tasks)")
 
 
 def _validate(source: str, number: int, text: object, label: object, require_label: bool = True) -> tuple[str, str | None]:

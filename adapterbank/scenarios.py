@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .data import SUPPORTED_SUFFIXES, Dataset, load_dataset
+from .data import SUPPORTED_SUFFIXES, Dataset, check_label_count, load_dataset
 from .errors import DataError, InvalidNameError
 from .registry import validate_task_name
 
@@ -59,6 +59,7 @@ def load_scenario(data_dir: str | Path, scenario: str = "class", n_tasks: int | 
             raise DataError(f"{root}: the sub-folders define the tasks; drop the task count / task map")
         tasks = _folder_tasks(root, order, scenario)
     for task in tasks:  # every task becomes a bank task: a bad name must fail before any training
+        check_label_count(task.train)
         try:
             validate_task_name(task.name)
         except InvalidNameError as exc:
