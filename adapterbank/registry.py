@@ -24,6 +24,7 @@ from typing import Iterator
 
 from filelock import FileLock
 
+from . import faults
 from .errors import BankError, IntegrityError, InvalidNameError, TaskExistsError, TaskNotFoundError
 
 FORMAT_VERSION = 3  # 2: modules on the upper layers only, router statistics over lower-layer features; 3: sealed manifests
@@ -246,14 +247,18 @@ class Registry:
         try:
             yield staging
             files = {p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file()}
+            faults.point("hashed")
             with self.lock():
+                faults.point("locked")
                 self.ensure_new_name(name)
                 sequence = 1 + max((r.get("sequence", 0) for r in self.read_tasks().values()), default=0)
                 full = {"name": name, "id": uuid.uuid4().hex, "sequence": sequence, "created_at": _now(), **record,
                         "files": files}
                 write_json_atomic(staging / TASK_MANIFEST, seal(full))
+                faults.point("manifest-written")
                 os.rename(staging, self.tasks_dir / name)
                 _fsync_dir(self.tasks_dir)
+                faults.point("renamed")
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)

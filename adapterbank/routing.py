@@ -27,6 +27,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from . import faults
+
 ROUTER_FILE = "router.safetensors"
 INDEX_FILE = "router_index.safetensors"
 METHODS = ("mahalanobis", "prototype")
@@ -122,7 +124,9 @@ class RouterIndex:
         meta = {"task_names": json.dumps(self.task_names), "task_ids": json.dumps(self.task_ids),
                 "sha256": _digest(self.t)}
         save_file({k: v.contiguous() for k, v in self.t.items()}, str(tmp), metadata=meta)
+        faults.point("index-written")
         os.replace(tmp, path)
+        faults.point("index-replaced")
 
     @classmethod
     def load(cls, path: Path) -> "RouterIndex":

@@ -20,6 +20,7 @@ import torch
 from peft import get_peft_model
 from tqdm.auto import tqdm
 
+from . import faults
 from .adapters import kind_module, quiet_peft
 from .backbone import SplitEncoder
 from .encoding import collate, length_batches, mean_pool, pad_id_of
@@ -175,7 +176,7 @@ def train_classifier(
     total = epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[lr, HEAD_LR], total_steps=total, pct_start=0.1)
     peft_model.train()
-    started, seen, final_loss = time.perf_counter(), 0, 0.0
+    started, seen, step, final_loss = time.perf_counter(), 0, 0, 0.0
     bar = tqdm(total=total, desc=description, unit="step", disable=not progress, leave=False)
     for epoch in range(epochs):
         epoch_loss = 0.0
@@ -188,6 +189,8 @@ def train_classifier(
             seen += len(batch)
             epoch_loss += loss.item() * len(batch)
             bar.update(1)
+            step += 1
+            faults.point(f"train-step-{step}")
             bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", loss=f"{loss.item():.3f}")
         final_loss = epoch_loss / len(token_ids)  # mean loss over the last epoch
     bar.close()
