@@ -76,12 +76,18 @@ def load_base(spec: str, device: "str | torch.device" = "cpu") -> Base:
     local = Path(location).exists()
     if not local and _looks_like_path(model_id):
         raise ModelNotFoundError(f"base model {spec!r}: no such directory")
+    if local and Path(location).is_dir() and not any(Path(location).glob("*.safetensors")):
+        pickled = sorted(p.name for p in Path(location).iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        if pickled:  # pickle files can run code on load: never read them
+            raise ModelNotFoundError(
+                f"base model {spec!r}: only pickle weights ({pickled[0]}); adapterbank reads safetensors only. "
+                "Convert once where you trust the file: AutoModel.from_pretrained(DIR).save_pretrained(DIR, safe_serialization=True)")
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(location)
-        model = AutoModel.from_pretrained(location)
+        model = AutoModel.from_pretrained(location, use_safetensors=True)  # never unpickle; no remote code
     except (OSError, ValueError, KeyError) as exc:
         where = "local directory" if local else "Hugging Face hub id (offline? set HF_HUB_OFFLINE=0 and check the name)"
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

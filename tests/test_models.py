@@ -29,3 +29,16 @@ def test_fingerprint_is_stable_and_sees_any_weight_change(tiny_base):
     with torch.no_grad():
         next(base.model.parameters()).view(-1)[0] += 1e-3
     assert fingerprint_model(base.model) != base.fingerprint
+
+
+def test_pickle_weights_are_refused_with_how_to_convert(tmp_path, tiny_base):
+    import shutil
+
+    from adapterbank.errors import ModelNotFoundError
+    from adapterbank.models import load_base
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny_base, pickled)
+    (pickled / "model.safetensors").rename(pickled / "pytorch_model.bin")  # a .bin is never opened, whatever it holds
+    with pytest.raises(ModelNotFoundError, match=r"only pickle weights \(pytorch_model.bin\).*safe_serialization=True"):
+        load_base(str(pickled))
