@@ -22,7 +22,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from adapterbank import AdapterBank, dataset_from_pairs, load_dataset  # noqa: E402
+from adapterbank import AdapterBank, load_dataset  # noqa: E402
+from common import subset  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "clinc150"
 
@@ -32,12 +33,6 @@ def split_tasks(train, n_tasks: int, per_task: int, seed: int) -> list[list[str]
     random.Random(seed).shuffle(intents)
     chosen = intents[: n_tasks * per_task]
     return [chosen[i * per_task : (i + 1) * per_task] for i in range(n_tasks)]
-
-
-def subset(data, labels: list[str], source: str):
-    keep = set(labels)
-    pairs = [(t, y) for t, y in zip(data.texts, data.targets) if y in keep]
-    return dataset_from_pairs([t for t, _ in pairs], [y for _, y in pairs], source=source)
 
 
 def run_kind(kind: str, tasks: list[list[str]], train, test, seed: int, workdir: Path) -> dict:

@@ -26,21 +26,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from adapterbank import AdapterBank, dataset_from_pairs, load_dataset  # noqa: E402
+from adapterbank import AdapterBank, load_dataset  # noqa: E402
+from common import subset  # noqa: E402
 from adapterbank.encoding import collate, length_batches, mean_pool, pad_id_of, tokenize  # noqa: E402
 from adapterbank.routing import INDEX_FILE, RouterIndex, save_statistics  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "clinc150"
-
-
-def subset(data, labels, source, per_label=None):
-    keep, seen, texts, targets = set(labels), {}, [], []
-    for text, label in zip(data.texts, data.targets):
-        if label in keep and (per_label is None or seen.get(label, 0) < per_label):
-            seen[label] = seen.get(label, 0) + 1
-            texts.append(text)
-            targets.append(label)
-    return dataset_from_pairs(texts, targets, source=source)
 
 
 def score(predictions, gold, task_of):
