@@ -96,7 +96,8 @@ def run(tasks: list[TaskData], out_dir: Path, scenario: str = "class", base: str
                                    task_given=task_given, progress=progress)
     embeddings = baseline_lib.FrozenEmbeddings(setting)
     zero = baseline_lib.zero_training(setting, embeddings)
-    wall = {"bank_s": round(t0 - started, 1)}
+    # frozen_embeddings_s: the frozen base's embeddings shared by FWT's reference and the ncm baseline
+    wall = {"bank_s": round(t0 - started, 1), "frozen_embeddings_s": round(time.perf_counter() - t0, 1)}
     results_baselines: dict[str, dict] = {}
     test_states = baseline_lib.TestStates(setting) if {"joint", "seqlora"} & set(baselines) else None
     for name in baselines:

@@ -139,3 +139,23 @@ def test_cli_eval_rejects_bad_input_before_anything_is_written(flat_data, tmp_pa
     assert not (tmp_path / "out").exists()
     code, out = invoke("eval", flat_data, "--out", tmp_path / "out", "--baselines", "joint,oracle")
     assert code == 1 and "unknown baseline 'oracle'" in invoke.stderr
+
+
+def test_domain_incremental_same_labels_new_domains(tmp_path, tiny_base):
+    relabel = {"b_one": "a_one", "b_two": "a_two"}
+    for domain, task in (("d1-letters", "alpha"), ("d2-other", "beta")):
+        folder = tmp_path / "data" / domain
+        folder.mkdir(parents=True)
+        for split, per_label, seed in (("train", 16, 0), ("test", 6, 1)):
+            rows = [{"text": r["text"], "label": relabel.get(r["label"], r["label"])}
+                    for r in synthetic_rows(task, per_label, seed) if r["label"] != "b_three"]
+            write_jsonl(folder / f"{split}.jsonl", rows)
+    tasks = load_scenario(tmp_path / "data", scenario="domain")
+    assert [sorted(t.labels) for t in tasks] == [["a_one", "a_two"]] * 2
+    results = evaluation.run(tasks, tmp_path / "out", scenario="domain", base=tiny_base, device="cpu",
+                             baselines=["ncm", "seqlora"], progress=False)
+    matrix = results["accuracy_matrix"]
+    assert matrix[0][1] is not None  # the next domain's texts have known labels: forward transfer is measurable
+    assert results["fwt"] == pytest.approx(matrix[0][1] - results["zero_training_accuracy"][1])
+    assert 0.0 <= results["routing_accuracy"] <= 1.0
+    assert results["average_accuracy"] > 0.8
