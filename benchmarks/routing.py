@@ -152,16 +152,23 @@ def main() -> None:
         out["methods"] = methods
         out["routed_accuracy"], out["routing_accuracy"] = default["accuracy"], default["routing_accuracy"]
         out["throughput_ratio"] = round(default["texts_per_s"] / out["base_forward_texts_per_s"], 3)
-        # out of scope: the default threshold, CLINC's out-of-scope test texts mixed with the in-scope ones
-        mixed = bank.predict(texts + oos_texts)
-        flagged = [p.label is None for p in mixed]
+        # out of scope: CLINC's out-of-scope test texts mixed with the in-scope ones, at the default
+        # threshold (the top-level keys) and at other quantiles (the trade-off a user can choose)
         truth = [False] * len(texts) + [True] * len(oos_texts)
-        tp = sum(f and t for f, t in zip(flagged, truth))
-        precision = tp / max(sum(flagged), 1)
-        recall = tp / len(oos_texts)
-        out["oos_precision"], out["oos_recall"] = round(precision, 4), round(recall, 4)
-        out["oos_f1"] = round(2 * precision * recall / max(precision + recall, 1e-9), 4)
-        out["in_scope_accuracy_with_threshold"] = round(sum(p.label == g for p, g in zip(mixed, gold)) / len(gold), 4)
+        sweep = []
+        for quantile in (0.01, 0.02, 0.05, 0.10):
+            mixed = bank.predict(texts + oos_texts, ood_quantile=quantile)
+            flagged = [p.label is None for p in mixed]
+            tp = sum(f and t for f, t in zip(flagged, truth))
+            precision, recall = tp / max(sum(flagged), 1), tp / len(oos_texts)
+            sweep.append({"ood_quantile": quantile, "precision": round(precision, 4), "recall": round(recall, 4),
+                          "f1": round(2 * precision * recall / max(precision + recall, 1e-9), 4),
+                          "in_scope_rejected": round(sum(flagged[:len(texts)]) / len(texts), 4),
+                          "in_scope_accuracy": round(sum(p.label == g for p, g in zip(mixed, gold)) / len(gold), 4)})
+        at_default = next(row for row in sweep if row["ood_quantile"] == bank.registry.manifest["router"]["ood_quantile"])
+        out["oos_precision"], out["oos_recall"], out["oos_f1"] = at_default["precision"], at_default["recall"], at_default["f1"]
+        out["in_scope_accuracy_with_threshold"] = at_default["in_scope_accuracy"]
+        out["oos_sweep"] = sweep
         joint_train = subset(train, every, "joint", per_label)
         out["joint_accuracy"], out["joint_train_seconds"] = joint_baseline(bank, joint_train, test_set, sorted(every))
         (out["cold_open_first_predict_s"], out["topk_ms_per_64"],
