@@ -11,6 +11,7 @@ the batch's longest text, a full forward and backward per step. `bucketed` is th
 texts tokenized once and batched by length (the first lever alone). `add-task` is `AdapterBank.add_task`
 with its defaults, timed end to end (tokenize, the frozen lower pass, router statistics, training,
 saving). Every variant runs the epochs add-task chooses for the data, so examples/s compare like for like.
+The `task` workload also reports add-task with prompt tuning (`add_task_prompt`, `prompt_speedup`).
 
 `--quick` keeps the `task` workload and shrinks `full` to 10 training texts per intent (same keys).
 """
@@ -18,6 +19,7 @@ saving). Every variant runs the epochs add-task chooses for the data, so example
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -35,6 +37,7 @@ from peft import LoraConfig, TaskType, get_peft_model  # noqa: E402
 
 from adapterbank import AdapterBank, load_dataset  # noqa: E402
 from common import subset  # noqa: E402
+from adapterbank.adapters import quiet_peft  # noqa: E402
 from adapterbank.encoding import collate, length_batches, mean_pool, pad_id_of, tokenize  # noqa: E402
 from adapterbank.training import TrainConfig  # noqa: E402
 
@@ -52,9 +55,8 @@ def plain_loop(base, train, validation, epochs: int, seed: int, bucketed: bool) 
     targets = torch.tensor([index[t] for t in train.targets])
     config = LoraConfig(task_type=TaskType.FEATURE_EXTRACTION, r=8, lora_alpha=16, lora_dropout=0.05,
                         target_modules=["query", "value"])
-    import copy
-
-    model = get_peft_model(copy.deepcopy(base.model), config)
+    with quiet_peft():
+        model = get_peft_model(copy.deepcopy(base.model), config)
     head = torch.nn.Linear(base.model.config.hidden_size, len(labels))
     optimizer = torch.optim.AdamW([{"params": [p for p in model.parameters() if p.requires_grad], "lr": PLAIN_LR},
                                    {"params": list(head.parameters()), "lr": HEAD_LR}], weight_decay=0.01)
@@ -98,11 +100,11 @@ def plain_loop(base, train, validation, epochs: int, seed: int, bucketed: bool) 
             "validation_accuracy": round(correct / len(validation), 4)}
 
 
-def add_task(bank, name, train, validation) -> dict:
+def add_task(bank, name, train, validation, kind="lora") -> dict:
     """Timed end to end, without validation (the plain loop's timing excludes its validation too);
     validation accuracy then comes from the bank's own inference path with the task given."""
     started = time.perf_counter()
-    info = bank.add_task(name, train, progress=False)
+    info = bank.add_task(name, train, kind=kind, progress=False)
     seconds = time.perf_counter() - started
     epochs = info.record["hyperparameters"]["epochs"]
     predictions = bank.predict(validation.texts, task=name, ood_quantile=0)
@@ -112,7 +114,7 @@ def add_task(bank, name, train, validation) -> dict:
             "training_loop_examples_per_s": info.record["metrics"]["train_examples_per_s"], "epochs": epochs}
 
 
-def run_workload(bank, name, train, validation, seed) -> dict:
+def run_workload(bank, name, train, validation, seed, prompt=False) -> dict:
     epochs = TrainConfig().resolved_epochs(len(train))
     result = {"train_texts": len(train), "validation_texts": len(validation), "labels": len(train.labels), "epochs": epochs}
     result["add_task"] = add_task(bank, name, train, validation)
@@ -121,6 +123,11 @@ def run_workload(bank, name, train, validation, seed) -> dict:
     result["speedup"] = round(result["add_task"]["examples_per_s"] / result["plain"]["examples_per_s"], 2)
     result["accuracy_delta"] = round(100 * (result["add_task"]["validation_accuracy"]
                                             - result["plain"]["validation_accuracy"]), 2)
+    if prompt:  # prompt tuning needs full passes (the soft prompt enters at layer 0): reported, not targeted
+        result["add_task_prompt"] = add_task(bank, f"{name}-prompt", train, validation, kind="prompt")
+        result["prompt_speedup"] = round(result["add_task_prompt"]["examples_per_s"] / result["plain"]["examples_per_s"], 2)
+        result["prompt_accuracy_delta"] = round(100 * (result["add_task_prompt"]["validation_accuracy"]
+                                                       - result["plain"]["validation_accuracy"]), 2)
     return result
 
 
@@ -146,7 +153,7 @@ def main() -> None:
                 parser.error(f"unknown workload {name!r}; choose from: {', '.join(workloads)}")
             labels, per_label = workloads[name]
             out[name] = run_workload(bank, name, subset(train, labels, f"{name}-train", per_label),
-                                     subset(validation, labels, f"{name}-validation"), args.seed)
+                                     subset(validation, labels, f"{name}-validation"), args.seed, prompt=name == "task")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     headline = out.get("full") or out.get("task")
