@@ -13,7 +13,7 @@ from .errors import DataError
 
 SUPPORTED_SUFFIXES = (".jsonl", ".json", ".csv")
 # Bounds that keep a hostile or mistaken file from exhausting memory. A file is read whole (memory is
-# proportional to its size, about 3x for short texts), so its size is capped before reading; one example
+# proportional to its size, about 8x for short texts), so its size is capped before reading; one example
 # is capped because texts are truncated to the model's max length anyway; a task's labels are capped
 # because each label costs a head row and router statistics.
 MAX_FILE_BYTES = 1 << 30
