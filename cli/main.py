@@ -66,7 +66,7 @@ def add_task(
     rank: int = typer.Option(8, "--rank", help="LoRA rank."),
     virtual_tokens: int = typer.Option(16, "--virtual-tokens", help="Prompt tuning: number of virtual tokens."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs.", show_default="enough for ~120 steps, 3-20"),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (one-cycle schedule).", show_default="2e-3 LoRA, 3e-2 prompt"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (one-cycle schedule).", show_default="3e-3 LoRA, 3e-2 prompt"),
     batch_size: int = typer.Option(32, "--batch-size", help="Training batch size."),
     seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same module)."),
     device: str = DeviceOpt,
