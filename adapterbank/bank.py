@@ -325,16 +325,20 @@ class AdapterBank:
             dim = self.registry.manifest["router"]["feature_dim"]
             tasks = {name: (task_id, records[name].path) for name, task_id in current.items()}
             self._router = sync_index(self.path, tasks, dim, cached=self._router,
-                                      verify=lambda name: self._check_task(name, records[name]))
+                                      verify=lambda name: self._check_task(name, records[name], router=True))
             if self._runner is not None:
                 for name in [n for n in self._runner.loaded if current.get(n) != self._synced.get(n)]:
                     del self._runner.loaded[name]
             self._synced = current
         return self._router, self._model()
 
-    def _check_task(self, name: str, info: TaskInfo) -> None:
-        """Before a task's files are first read: they must match the sha256 in its task.json."""
-        self.registry.check_files(name, info.record, sorted(info.record.get("files", {})))
+    def _check_task(self, name: str, info: TaskInfo, router: bool = False) -> None:
+        """Before a task's files are first read they must match the sha256 in its task.json: its router
+        statistics (`router=True`, read for the index) or the module's files (read on first load)."""
+        from .routing import ROUTER_FILE
+
+        files = [ROUTER_FILE] if router else sorted(f for f in info.record.get("files", {}) if f != ROUTER_FILE)
+        self.registry.check_files(name, info.record, files)
 
     def _model(self):
         from .inference import RoutedModel

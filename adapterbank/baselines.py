@@ -47,14 +47,20 @@ class Setting:
     def targets(self, data) -> list[int]:
         return [self.index[label] for label in data.targets]
 
-    def accuracy(self, logits: torch.Tensor, task: int, allowed: int) -> float:
-        """Accuracy on task `task`'s test texts, over the first `allowed` labels (or its own labels)."""
+    def own_labels(self, task: int) -> torch.Tensor:
+        """Mask over the label universe: the labels of task `task`."""
+        keep = torch.zeros(len(self.labels), dtype=torch.bool)
+        keep[[self.index[label] for label in self.tasks[task].labels]] = True
+        return keep
+
+    def accuracy(self, logits: torch.Tensor, task: int, allowed: int, own_only: bool | None = None) -> float:
+        """Accuracy on task `task`'s test texts, over the first `allowed` labels, or over its own labels
+        (`own_only`, by default when the task id is given)."""
         scores = logits.float().clone()
-        if self.task_given:
-            keep = torch.zeros(scores.shape[1], dtype=torch.bool)
-            keep[[self.index[label] for label in self.tasks[task].labels]] = True
+        if self.task_given if own_only is None else own_only:
+            keep = self.own_labels(task)
         else:
-            keep = torch.arange(scores.shape[1]) < allowed
+            keep = torch.arange(len(self.labels)) < allowed
         scores[:, ~keep[: scores.shape[1]]] = -torch.inf
         gold = torch.tensor(self.targets(self.tasks[task].test))
         return float((scores.argmax(-1) == gold).float().mean())
@@ -156,13 +162,5 @@ def ncm(setting: Setting, embeddings: FrozenEmbeddings) -> list[list[float | Non
 def zero_training(setting: Setting, embeddings: FrozenEmbeddings) -> list[float]:
     """Each task's score with no gradient step: the nearest class mean within the task, on the frozen
     base (the reference `b` of forward transfer)."""
-    scores = []
-    for j, task in enumerate(setting.tasks):
-        means = _class_means(setting, embeddings, [j])
-        logits = embeddings.test[j] @ means.T
-        own = torch.zeros(len(setting.labels), dtype=torch.bool)
-        own[[setting.index[label] for label in task.labels]] = True
-        logits[:, ~own] = -torch.inf
-        gold = torch.tensor(setting.targets(task.test))
-        scores.append(float((logits.argmax(-1) == gold).float().mean()))
-    return scores
+    return [setting.accuracy(embeddings.test[j] @ _class_means(setting, embeddings, [j]).T, j, 0, own_only=True)
+            for j in range(len(setting.tasks))]

@@ -109,8 +109,7 @@ def run(tasks: list[TaskData], out_dir: Path, scenario: str = "class", base: str
         else:
             base_matrix = (baseline_lib.seqlora(setting, test_states) if name == "seqlora"
                            else baseline_lib.ncm(setting, embeddings))
-            summary = metrics.summary(base_matrix, zero)
-            results_baselines[name] = {**summary, "accuracy_matrix": base_matrix}
+            results_baselines[name] = {**metrics.summary(base_matrix, zero), "accuracy_matrix": base_matrix}
         results_baselines[name]["wall_s"] = round(time.perf_counter() - b0, 1)
         wall[f"{name}_s"] = results_baselines[name]["wall_s"]
     wall["total_s"] = round(time.perf_counter() - started, 1)

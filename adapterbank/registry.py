@@ -20,7 +20,7 @@ import re
 import shutil
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from filelock import FileLock
 
@@ -55,16 +55,28 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write JSON to a temp file beside `path`, fsync it, then rename over `path`."""
+def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Let `write` fill a temp file beside `path`, then rename it over `path`: readers see the old
+    file or the new one, never part of one. The temp file is removed if `write` fails."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=2, ensure_ascii=False)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    """Write JSON atomically (write_atomic), fsynced before the rename."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, indent=2, ensure_ascii=False)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    write_atomic(path, write)
 
 
 def _content_checksum(payload: dict) -> str:
@@ -78,12 +90,15 @@ def seal(payload: dict) -> dict:
     return {**{k: v for k, v in payload.items() if k != "checksum"}, "checksum": _content_checksum(payload)}
 
 
-def read_sealed(path: Path) -> dict:
-    """A manifest whose checksum matches its content; IntegrityError naming the file otherwise."""
-    payload = read_json(path)
+def check_sealed(path: Path, payload: dict) -> dict:
+    """`payload` (read from `path`) if its checksum matches its content; IntegrityError naming the file otherwise."""
     if payload.get("checksum") != _content_checksum(payload):
         raise IntegrityError(f"{path}: checksum mismatch: the file was edited or damaged (run `adapterbank verify`)")
     return payload
+
+
+def read_sealed(path: Path) -> dict:
+    return check_sealed(path, read_json(path))
 
 
 def read_json(path: Path) -> dict:
@@ -153,7 +168,7 @@ class Registry:
         manifest = read_json(root / MANIFEST)
         version = manifest.get("format_version")
         if version == FORMAT_VERSION and check_manifest:
-            manifest = read_sealed(root / MANIFEST)
+            check_sealed(root / MANIFEST, manifest)
         if version != FORMAT_VERSION:
             raise BankError(f"{root / MANIFEST}: unsupported format_version {version!r} (this adapterbank reads {FORMAT_VERSION})")
         if not isinstance(manifest.get("base"), dict) or "id" not in manifest["base"]:

@@ -1,25 +1,16 @@
 """Writing a continual-learning run's results: results.json, report.md and accuracy_matrix.png.
 
-Each file is written to a temporary name and renamed, so a reader never sees half a report.
+Each file is written atomically (registry.write_atomic), so a reader never sees half a report.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from pathlib import Path
 
+from .registry import write_atomic
+
 RESULTS_FILE, REPORT_FILE, HEATMAP_FILE = "results.json", "report.md", "accuracy_matrix.png"
-
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _pct(value: float | None) -> str:
@@ -88,7 +79,7 @@ def write(results: dict, out_dir: Path) -> dict[str, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"results": out_dir / RESULTS_FILE, "report": out_dir / REPORT_FILE, "heatmap": out_dir / HEATMAP_FILE}
-    _atomic_write(paths["results"], lambda p: p.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8"))
-    _atomic_write(paths["report"], lambda p: p.write_text(markdown(results), encoding="utf-8"))
-    _atomic_write(paths["heatmap"], lambda p: heatmap(results, p))
+    write_atomic(paths["results"], lambda p: p.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8"))
+    write_atomic(paths["report"], lambda p: p.write_text(markdown(results), encoding="utf-8"))
+    write_atomic(paths["heatmap"], lambda p: heatmap(results, p))
     return paths

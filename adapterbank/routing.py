@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -28,6 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from . import faults
+from .registry import write_atomic
 
 ROUTER_FILE = "router.safetensors"
 INDEX_FILE = "router_index.safetensors"
@@ -120,12 +119,14 @@ class RouterIndex:
     # -- persistence ----------------------------------------------------------------------------
     def save(self, path: Path) -> None:
         self._weights()
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         meta = {"task_names": json.dumps(self.task_names), "task_ids": json.dumps(self.task_ids),
                 "sha256": _digest(self.t)}
-        save_file({k: v.contiguous() for k, v in self.t.items()}, str(tmp), metadata=meta)
-        faults.point("index-written")
-        os.replace(tmp, path)
+
+        def write(tmp: Path) -> None:
+            save_file({k: v.contiguous() for k, v in self.t.items()}, str(tmp), metadata=meta)
+            faults.point("index-written")
+
+        write_atomic(path, write)
         faults.point("index-replaced")
 
     @classmethod
