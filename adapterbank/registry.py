@@ -144,9 +144,10 @@ class Registry:
         return root
 
     @classmethod
-    def create(cls, root: str | Path, manifest: dict) -> "Registry":
-        """Create a new bank; refuses a path that exists and is not an empty directory."""
-        root = cls.ensure_creatable(root)
+    def create(cls, root: str | Path, manifest: dict, staged: bool = False) -> "Registry":
+        """Create a new bank; refuses a path that exists and is not an empty directory, unless `staged`
+        (a private temp directory the caller is filling, renamed into place when complete)."""
+        root = Path(root).expanduser() if staged else cls.ensure_creatable(root)
         created_root = not root.exists()
         try:
             (root / "tasks").mkdir(parents=True, exist_ok=True)
@@ -178,6 +179,13 @@ class Registry:
     @property
     def tasks_dir(self) -> Path:
         return self.root / "tasks"
+
+    def update_manifest(self, change: Callable[[dict], dict]) -> dict:
+        """Re-read bank.json, apply `change` and write it back sealed and atomically. Call with the lock held."""
+        manifest = change(read_sealed(self.root / MANIFEST))
+        write_json_atomic(self.root / MANIFEST, seal(manifest))
+        self.manifest = read_sealed(self.root / MANIFEST)
+        return self.manifest
 
     def lock(self) -> FileLock:
         """Writers hold this while they change what is visible (rename in/out of tasks/)."""
