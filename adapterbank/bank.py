@@ -16,6 +16,7 @@ from typing import Sequence
 from . import __version__, faults
 from .data import Dataset, check_label_count, load_dataset
 from .errors import AdapterBankError, BankError, BaseMismatchError, DataError, TaskNotFoundError
+from .lm_bank import CausalBankMixin
 from .models import DEFAULT_BASE, DEFAULT_MAX_LENGTH, Base, load_base, resolve_device
 from .registry import Registry
 
@@ -64,8 +65,11 @@ class TaskInfo:
 DataLike = str | os.PathLike | Dataset
 
 
-class AdapterBank:
-    """A frozen base model plus one small module per task, stored under one directory."""
+class AdapterBank(CausalBankMixin):
+    """A frozen base model plus one small module per task, stored under one directory.
+
+    Classification banks sit over an encoder; causal-LM banks over a decoder whose base is versioned
+    by merges (lm_bank.py holds their methods: generate, merge, rollback, base_versions)."""
 
     def __init__(self, registry: Registry, device: str = "auto", base_override: str | None = None):
         self.registry = registry
@@ -75,15 +79,25 @@ class AdapterBank:
         self._router = None  # routing.RouterIndex, built on first predict
         self._runner = None  # inference.RoutedModel, built on first predict
         self._synced: dict[str, str] = {}  # task name -> task id the router and runner were built for
+        self._versions: dict[str, Base] = {}  # causal banks: loaded base versions
+        self._generators: dict = {}  # causal banks: base version -> generation.VersionGenerator
+        self._router_encoder = None  # causal banks: (SplitEncoder, tokenizer) of the router encoder
 
     # -- lifecycle ------------------------------------------------------------------------------
     @classmethod
-    def create(cls, path: str | os.PathLike, base: str = DEFAULT_BASE, device: str = "auto") -> "AdapterBank":
-        """Make a new bank at `path` (must not exist, or be empty) over `base` (hub id, local dir, or `minilm`)."""
+    def create(cls, path: str | os.PathLike, base: str = DEFAULT_BASE, device: str = "auto",
+               router_encoder: str = DEFAULT_BASE) -> "AdapterBank":
+        """Make a new bank at `path` (must not exist, or be empty) over `base`: an encoder (hub id, local
+        dir, or `minilm`) for classification, or a causal LM (`smollm2-135m`, a .gguf file, a hub id or
+        local dir of a ...ForCausalLM model) for continual pre-training and routed generation.
+        `router_encoder`: causal banks only, the encoder whose features route prompts to domains."""
         Registry.ensure_creatable(path)  # checked before the (slow) model load; nothing is written until both pass
         from .backbone import DEFAULT_UPPER_LAYERS, SplitEncoder
+        from .models import is_causal_lm
         from .routing import DEFAULT_METHOD, DEFAULT_OOD_QUANTILE
 
+        if is_causal_lm(base):
+            return cls._create_causal(path, base, device, router_encoder)
         loaded = load_base(base, resolve_device(device))
         if not SplitEncoder.supports(loaded.model):
             raise AdapterBankError(f"{base!r}: classification banks need a BERT-like encoder "
@@ -100,6 +114,53 @@ class AdapterBank:
         }
         bank = cls(Registry.create(path, manifest), device=device)
         bank._base = loaded
+        return bank
+
+    @classmethod
+    def _create_causal(cls, path, base: str, device: str, router_encoder: str) -> "AdapterBank":
+        """A causal bank is built in a temp dir beside `path` (base v0 saved as safetensors, bank.json)
+        and renamed into place, so a failed or interrupted init leaves nothing behind."""
+        import shutil
+        import uuid
+
+        from .backbone import DEFAULT_UPPER_LAYERS, SplitEncoder
+        from .models import fingerprint_model, load_causal_lm
+        from .registry import _fsync_dir
+        from .routing import DEFAULT_METHOD, DEFAULT_OOD_QUANTILE
+        from .versions import first_version
+
+        root = Path(path).expanduser()
+        model_id, model, tokenizer = load_causal_lm(base)
+        encoder = load_base(router_encoder, "cpu")
+        if not SplitEncoder.supports(encoder.model):
+            raise AdapterBankError(f"router encoder {router_encoder!r}: needs a BERT-like encoder")
+        router_layers = SplitEncoder(encoder.model, DEFAULT_UPPER_LAYERS).router_layers
+        root.parent.mkdir(parents=True, exist_ok=True)
+        staging = root.parent / f".{root.name}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            staging.mkdir()
+            fingerprint = fingerprint_model(model)
+            v0 = first_version(staging, model, tokenizer, fingerprint, model_id)
+            Registry.create(staging, {
+                "adapterbank_version": __version__,
+                "base": {"id": model_id, "fingerprint": fingerprint, "architecture": "causal-lm",
+                         "model_type": getattr(model.config, "model_type", None), "hidden_size": model.config.hidden_size},
+                "backbone": {"upper_layers": DEFAULT_UPPER_LAYERS, "router_layers": router_layers},
+                "router": {"encoder": encoder.model_id, "encoder_fingerprint": encoder.fingerprint, "method": DEFAULT_METHOD,
+                           "ood_quantile": DEFAULT_OOD_QUANTILE,
+                           "feature_dim": len(router_layers) * encoder.model.config.hidden_size},
+                "base_versions": [v0], "current_base": "v0",
+            }, staged=True)
+            Registry.ensure_creatable(root)
+            if root.exists():
+                root.rmdir()
+            os.rename(staging, root)
+            _fsync_dir(root.parent)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        bank = cls(Registry.open(root), device=device)
+        model.name_or_path = model.config._name_or_path = str(root.resolve() / "bases" / "v0")  # as if loaded from there
+        bank._versions["v0"] = Base(model_id, model.to(bank.device), tokenizer, fingerprint)
         return bank
 
     @classmethod
@@ -127,7 +188,10 @@ class AdapterBank:
 
     @property
     def base(self) -> Base:
-        """The frozen base model, loaded on first use and verified against bank.json's fingerprint."""
+        """The frozen base model, loaded on first use and verified against bank.json's fingerprint
+        (a causal bank's current base version, checked against the sha256 of its files)."""
+        if self.is_causal:
+            return self.base_at(self.current_base_version)
         if self._base is None:
             spec = self._base_spec or self.base_id
             loaded = load_base(spec, self.device)
@@ -162,22 +226,44 @@ class AdapterBank:
         virtual_tokens: int = 16,
         epochs: int | None = None,
         lr: float | None = None,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         seed: int = 0,
         max_length: int = DEFAULT_MAX_LENGTH,
         progress: bool = True,
+        objective: str | None = None,
+        block_size: int = 128,
+        max_steps: int | None = None,
     ) -> TaskInfo:
-        """Train a module for a classification task and store it; earlier tasks are never touched.
+        """Train a module for a task and store it; earlier tasks are never touched.
 
-        A task with a single label gets no module or head (there is nothing to discriminate): the
-        router alone decides when its texts are meant, and predictions return its one label.
+        `objective`: `classification` (labelled texts; the default on encoder banks) or `clm` (unlabelled
+        domain text, next-token prediction in blocks of `block_size` tokens, at most `max_steps`
+        optimizer steps; the default on causal banks). CLM tasks report held-out perplexity before and
+        after training in their metrics.
+
+        A classification task with a single label gets no module or head (there is nothing to
+        discriminate): the router alone decides when its texts are meant, and predictions return its label.
         """
         from .adapters import check_kind
 
         self.registry.ensure_new_name(name)
         check_kind(kind)
+        objective = objective or ("clm" if self.is_causal else "classification")
+        if objective not in OBJECTIVES:
+            raise AdapterBankError(f"unknown objective {objective!r}; choose one of: {', '.join(OBJECTIVES)}")
         _check_positive(rank=rank, virtual_tokens=virtual_tokens, batch_size=batch_size, max_length=max_length,
-                        epochs=epochs, lr=lr)
+                        epochs=epochs, lr=lr, block_size=block_size, max_steps=max_steps)
+        if objective == "clm":
+            if kind != "lora":
+                raise AdapterBankError("causal-LM domain modules are LoRA (--kind lora)")
+            return self._add_clm_task(name, train, eval, rank, epochs, max_steps, lr, batch_size or 8, block_size,
+                                      seed, progress)
+        if self.is_causal:
+            raise AdapterBankError(f"bank {self.path} is over a causal LM: its tasks use --objective clm "
+                                   "(classification banks need an encoder base)")
+        if max_steps is not None:
+            raise AdapterBankError("max_steps applies to --objective clm; classification uses --epochs")
+        batch_size = batch_size or 32
         train_set = _as_dataset(train)
         check_label_count(train_set)
         eval_set = _as_dataset(eval) if eval is not None else None
@@ -262,6 +348,9 @@ class AdapterBank:
         from .encoding import collate, length_batches, pad_id_of, tokenize
         from .routing import METHODS, Route
 
+        if self.is_causal:
+            raise AdapterBankError(f"bank {self.path} is over a causal LM: use generate (predict labels texts "
+                                   "with a classification bank)")
         if isinstance(texts, str):
             texts = [texts]
         for i, text in enumerate(texts):
@@ -318,6 +407,15 @@ class AdapterBank:
         """Router index and routed model for the tasks on disk now. Tasks added, removed or replaced
         since the last call (by this object or another process) are picked up; loaded modules whose
         task changed are dropped and reload lazily."""
+        current = {name: info.record.get("id", "") for name, info in records.items()}
+        stale = [n for n in (self._runner.loaded if self._runner is not None else []) if current.get(n) != self._synced.get(n)]
+        index = self._index(records)
+        for name in stale:
+            del self._runner.loaded[name]
+        return index, self._model()
+
+    def _index(self, records: dict[str, TaskInfo]):
+        """The router index over `records`, rebuilt or extended when the tasks on disk changed."""
         from .routing import sync_index
 
         current = {name: info.record.get("id", "") for name, info in records.items()}
@@ -326,11 +424,8 @@ class AdapterBank:
             tasks = {name: (task_id, records[name].path) for name, task_id in current.items()}
             self._router = sync_index(self.path, tasks, dim, cached=self._router,
                                       verify=lambda name: self._check_task(name, records[name], router=True))
-            if self._runner is not None:
-                for name in [n for n in self._runner.loaded if current.get(n) != self._synced.get(n)]:
-                    del self._runner.loaded[name]
             self._synced = current
-        return self._router, self._model()
+        return self._router
 
     def _check_task(self, name: str, info: TaskInfo, router: bool = False) -> None:
         """Before a task's files are first read they must match the sha256 in its task.json: its router
@@ -353,6 +448,7 @@ class AdapterBank:
 
 
 COMPOSITIONS = ("top1", "output", "weights")
+OBJECTIVES = ("classification", "clm")
 SHOWN_CANDIDATES = 3  # router candidates reported with each prediction, whatever the composition
 
 

@@ -3,7 +3,8 @@
 Set `ADAPTERBANK_KILL_AT=<point>` and the process SIGKILLs itself on reaching that point (no cleanup,
 no atexit: the same as a power cut for everything not yet renamed into place). Unset, a point costs
 one dictionary lookup. Points: `lower-pass`, `train-step-<n>`, `trained`, `saved-module`, `saved-head`,
-`saved-router`, `hashed`, `locked`, `manifest-written`, `renamed`, `index-written`, `index-replaced`.
+`saved-router`, `hashed`, `locked`, `manifest-written`, `renamed`, `index-written`, `index-replaced`;
+merge: `merged-in-memory`, `base-saved`, `base-renamed`, `version-listed`.
 """
 
 from __future__ import annotations

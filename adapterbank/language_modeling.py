@@ -1,0 +1,173 @@
+"""Causal language modelling on unlabelled domain text: blocks, one LoRA module's training loop, perplexity.
+
+Documents are tokenized, joined with the end-of-sequence token and cut into blocks of `block_size`
+tokens (the usual "group texts" recipe): long documents span several blocks, short ones share one.
+Every data problem is reported before any training starts.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from peft import get_peft_model
+from tqdm.auto import tqdm
+
+from . import faults
+from .adapters import quiet_peft
+from .adapters.lora import make_config
+from .errors import DataError
+
+DEFAULT_BLOCK_SIZE = 128
+DEFAULT_CLM_LR = 2e-3
+MAX_HELD_OUT_BLOCKS = 32  # held-out blocks for the before/after perplexity when no --eval is given
+
+
+@dataclass
+class CLMConfig:
+    rank: int = 8
+    block_size: int = DEFAULT_BLOCK_SIZE
+    epochs: int = 1
+    max_steps: int | None = None  # stop after this many optimizer steps (None: all epochs)
+    lr: float = DEFAULT_CLM_LR
+    batch_size: int = 8
+    seed: int = 0
+
+    def total_steps(self, n_blocks: int) -> int:
+        steps = self.epochs * -(-n_blocks // self.batch_size)
+        return min(steps, self.max_steps) if self.max_steps else steps
+
+
+def make_blocks(tokenizer, texts: Sequence[str], block_size: int, source: str) -> list[list[int]]:
+    """Token blocks of `block_size` (the last one may be shorter) over the EOS-joined documents."""
+    if block_size < 2:
+        raise DataError(f"block size must be at least 2 tokens, got {block_size}")
+    if not texts:
+        raise DataError(f"{source}: empty corpus (no texts)")
+    eos = tokenizer.eos_token_id
+    stream: list[int] = []
+    for number, ids in enumerate(tokenizer(list(texts), add_special_tokens=False)["input_ids"], start=1):
+        if not ids:
+            raise DataError(f"{source}: text #{number} is shorter than one token")
+        stream.extend(ids)
+        if eos is not None:
+            stream.append(eos)
+    blocks = [stream[i : i + block_size] for i in range(0, len(stream), block_size)]
+    if len(blocks[-1]) < 2:  # a block must hold at least one prediction
+        blocks.pop()
+    if not blocks:
+        raise DataError(f"{source}: fewer than 2 tokens in the whole corpus")
+    return blocks
+
+
+def split_held_out(blocks: list[list[int]], seed: int) -> tuple[list[list[int]], list[list[int]]]:
+    """(train, held out): a seeded 5 % of the blocks (1 to MAX_HELD_OUT_BLOCKS) are kept out of training."""
+    if len(blocks) < 2:
+        raise DataError(f"the corpus fills only {len(blocks)} block; at least 2 are needed (one is held out "
+                        "to measure perplexity): add text, lower --block-size or pass --eval")
+    count = max(1, min(MAX_HELD_OUT_BLOCKS, round(0.05 * len(blocks))))
+    held = set(random.Random(seed).sample(range(len(blocks)), count))
+    return [b for i, b in enumerate(blocks) if i not in held], [b for i, b in enumerate(blocks) if i in held]
+
+
+def _collate(blocks: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    longest = max(len(b) for b in blocks)
+    input_ids = torch.full((len(blocks), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(blocks), longest), dtype=torch.long)
+    for row, block in enumerate(blocks):
+        input_ids[row, : len(block)] = torch.tensor(block)
+        mask[row, : len(block)] = 1
+    return input_ids.to(device), mask.to(device)
+
+
+def _summed_nll(model, input_ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Sum of next-token negative log-likelihoods over real tokens, and how many there were."""
+    logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1]
+    targets = input_ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+    nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+                                            ignore_index=-100, reduction="sum")
+    return nll, int((targets != -100).sum())
+
+
+@torch.no_grad()
+def perplexity(model, blocks: Sequence[Sequence[int]], pad_id: int, batch_size: int = 8) -> float:
+    """exp(mean next-token negative log-likelihood) over every predicted token of `blocks`."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(blocks), batch_size):
+        nll, n = _summed_nll(model, *_collate(blocks[start : start + batch_size], pad_id, device))
+        total, count = total + float(nll), count + n
+    model.train(was_training)
+    return math.exp(total / max(count, 1))
+
+
+@dataclass
+class TrainedLM:
+    peft_model: torch.nn.Module
+    hyperparameters: dict
+    metrics: dict
+
+
+def train_clm(base_model, blocks: list[list[int]], pad_id: int, config: CLMConfig, progress: bool = True,
+              description: str = "training") -> TrainedLM:
+    """Fit a LoRA module (PEFT's default targets for the architecture) on next-token prediction.
+
+    The base is deep-copied before PEFT wraps it, so the caller's base never changes."""
+    torch.manual_seed(config.seed)
+    rng = random.Random(config.seed)
+    device = next(base_model.parameters()).device
+    peft_config = make_config(base_model, rank=config.rank, causal=True)
+    with quiet_peft():
+        peft_model = get_peft_model(copy.deepcopy(base_model), peft_config)
+    peft_config = peft_model.peft_config["default"]  # with the target modules PEFT resolved
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    total = config.total_steps(len(blocks))
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=max(total, 1), pct_start=0.1)
+    peft_model.train()
+    bar = tqdm(total=total, desc=description, unit="step", disable=not progress, leave=False)
+    started, tokens, step, losses = time.perf_counter(), 0, 0, []
+    while step < total:
+        order = list(range(len(blocks)))
+        rng.shuffle(order)
+        for start in range(0, len(order), config.batch_size):
+            if step >= total:
+                break
+            input_ids, mask = _collate([blocks[i] for i in order[start : start + config.batch_size]], pad_id, device)
+            nll, count = _summed_nll(peft_model, input_ids, mask)
+            loss = nll / max(count, 1)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            tokens += int(mask.sum())
+            losses.append(loss.item())
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            faults.point(f"train-step-{step}")
+    bar.close()
+    elapsed = time.perf_counter() - started
+    peft_model.eval()
+    tail = losses[-max(1, len(losses) // 10):]
+    hyper = {"kind": "lora", "objective": "clm", "rank": peft_config.r, "alpha": peft_config.lora_alpha,
+             "dropout": peft_config.lora_dropout, "target_modules": sorted(peft_config.target_modules),
+             "block_size": config.block_size, "batch_size": config.batch_size, "lr": config.lr,
+             "epochs": config.epochs, "max_steps": config.max_steps, "steps": step, "seed": config.seed}
+    metrics = {"train_loss": round(sum(tail) / len(tail), 6) if tail else None, "train_seconds": round(elapsed, 3),
+               "train_tokens": tokens, "train_tokens_per_s": round(tokens / max(elapsed, 1e-9), 1)}
+    return TrainedLM(peft_model, hyper, metrics)
+
+
+def block_texts(tokenizer, blocks: Sequence[Sequence[int]], limit: int, seed: int) -> list[str]:
+    """Decoded text of up to `limit` blocks (a seeded sample): what the router learns a domain from."""
+    chosen = sorted(random.Random(seed).sample(range(len(blocks)), min(limit, len(blocks))))
+    texts = [tokenizer.decode(blocks[i], skip_special_tokens=True).strip() for i in chosen]
+    return [t for t in texts if t] or ["(empty)"]
