@@ -14,7 +14,7 @@ import typer
 
 from adapterbank import AdapterBank, AdapterBankError, TaskInfo, __version__
 from adapterbank.data import load_texts
-from adapterbank.models import DEFAULT_BASE
+from adapterbank.models import DEFAULT_BASE, DEFAULT_CAUSAL_BASE
 
 app = typer.Typer(
     help="Parameter-efficient continual learning: one frozen base model, one small module per task, "
@@ -23,6 +23,19 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+class Objective(str, Enum):
+    classification = "classification"
+    clm = "clm"
+
+
+class Method(str, Enum):
+    linear = "linear"
+    ties = "ties"
+    dare_linear = "dare_linear"
+    dare_ties = "dare_ties"
+    svd = "svd"
 
 
 class Kind(str, Enum):
@@ -48,35 +61,50 @@ def _open(bank: Path, device: str = "auto") -> AdapterBank:
 @app.command()
 def init(
     bank: Path = BankArg,
-    base: str = typer.Option("minilm", "--base", help=f"Base model: hub id, local directory, or 'minilm' (the packaged {DEFAULT_BASE}, works offline)."),
+    base: str = typer.Option("minilm", "--base", help=f"Base model: hub id, local directory, or 'minilm' (the packaged {DEFAULT_BASE}, works offline) "
+                             f"for classification; 'smollm2-135m' (packaged {DEFAULT_CAUSAL_BASE} GGUF, offline), a .gguf file or any ...ForCausalLM model for continual pre-training."),
+    router_encoder: str = typer.Option("minilm", "--router-encoder", help="Causal banks: the encoder whose features route prompts to domain modules."),
     device: str = DeviceOpt,
 ) -> None:
-    """Create an empty bank over a frozen base model."""
-    created = AdapterBank.create(bank, base=base, device=device)
-    typer.echo(f"created bank {created.path} (base {created.base_id})")
+    """Create an empty bank over a frozen base model. A causal LM's base is stored in the bank as
+    safetensors (bases/v0), so later commands start in seconds."""
+    created = AdapterBank.create(bank, base=base, device=device, router_encoder=router_encoder)
+    extra = f", base version {created.current_base_version} stored in {created.path / 'bases'}" if created.is_causal else ""
+    typer.echo(f"created bank {created.path} (base {created.base_id}{extra})")
 
 
 @app.command("add-task")
 def add_task(
     bank: Path = BankArg,
     name: str = typer.Argument(..., help="Task name: letters, digits, '_', '-', '.' (max 64)."),
-    train: Path = typer.Option(..., "--train", help="Training data: .jsonl ({\"text\", \"label\"} per line) or .csv (text,label columns)."),
-    eval_path: Optional[Path] = typer.Option(None, "--eval", help="Validation data (same format); its accuracy is printed and stored."),
+    train: Path = typer.Option(..., "--train", help="Training data: .jsonl ({\"text\", \"label\"} per line) or .csv (text,label columns); for --objective clm, {\"text\"} per line (or .txt)."),
+    eval_path: Optional[Path] = typer.Option(None, "--eval", help="Validation data (same format): accuracy, or for clm the held-out perplexity (default: 5% of the training blocks)."),
+    objective: Optional[Objective] = typer.Option(None, "--objective", help="classification (labelled texts) or clm (unlabelled domain text, causal-LM banks).", show_default="the bank's kind"),
+    block_size: int = typer.Option(128, "--block-size", help="clm: tokens per training block (documents are joined and cut to this length)."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="clm: stop after this many optimizer steps.", show_default="one epoch"),
     kind: Kind = typer.Option(Kind.lora, "--kind", help="Module kind: LoRA or prompt tuning."),
     rank: int = typer.Option(8, "--rank", help="LoRA rank."),
     virtual_tokens: int = typer.Option(16, "--virtual-tokens", help="Prompt tuning: number of virtual tokens."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs.", show_default="enough for ~120 steps, 3-20"),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (one-cycle schedule).", show_default="3e-3 LoRA, 3e-2 prompt"),
-    batch_size: int = typer.Option(32, "--batch-size", help="Training batch size."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (one-cycle schedule).", show_default="3e-3 LoRA, 3e-2 prompt, 2e-3 clm"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Training batch size.", show_default="32; clm 8"),
     seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same module)."),
     device: str = DeviceOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Train a module for one classification task and add it; earlier tasks are left untouched."""
+    """Train a module for one task and add it; earlier tasks are left untouched. Classification tasks
+    learn labels; clm tasks (causal-LM banks) learn a domain's text and report held-out perplexity."""
     opened = _open(bank, device)
     info = opened.add_task(name, train, eval=eval_path, kind=kind.value, rank=rank, virtual_tokens=virtual_tokens,
-                           epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=not quiet)
+                           epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=not quiet,
+                           objective=objective.value if objective else None, block_size=block_size, max_steps=max_steps)
     metrics = info.record["metrics"]
+    if info.record.get("objective") == "clm":
+        typer.echo(f"added task {name}: clm LoRA on base {info.record['base']['version']}, {metrics['train_tokens']:,} tokens at "
+                   f"{metrics['train_tokens_per_s']:.0f} tokens/s, {metrics['add_task_seconds']:.1f} s, {info.size_bytes / 1024:.0f} KiB")
+        typer.echo(f"held-out perplexity: {metrics['perplexity_before']:.2f} -> {metrics['perplexity_after']:.2f} "
+                   f"({metrics['held_out_tokens']:,} tokens, {metrics['held_out_source']})")
+        return
     typer.echo(f"added task {name}: {len(info.labels)} label(s), {info.kind or 'router only'}, "
                f"{metrics['add_task_seconds']:.1f} s, {info.size_bytes / 1024:.0f} KiB")
     if "eval_accuracy" in metrics:
@@ -92,6 +120,16 @@ def list_tasks(bank: Path = BankArg, as_json: bool = typer.Option(False, "--json
         typer.echo(json.dumps({"bank": str(opened.path), "base": opened.base_id, "tasks": [_summary(t) for t in tasks]}, indent=2))
         return
     typer.echo(f"bank {opened.path}  base {opened.base_id}  {len(tasks)} task(s)")
+    if opened.is_causal:
+        current = opened.current_base_version
+        typer.echo(f"current base version {current}")
+        for task in tasks:
+            row, trained_on = _summary(task), task.record["base"]["version"]
+            flag = "" if trained_on == current else f"  (trained on {trained_on}: served on {trained_on}, merge needs --retarget)"
+            metrics = task.record.get("metrics", {})
+            typer.echo(f"  {task.name:<20} clm  base {trained_on:<4} perplexity {metrics.get('perplexity_before', 0):.2f} -> "
+                       f"{metrics.get('perplexity_after', 0):.2f}  {row['size_kib']:>6.0f} KiB{flag}")
+        return
     for task in tasks:
         row = _summary(task)
         accuracy = f"{row['eval_accuracy']:.1%}" if row["eval_accuracy"] is not None else "-"
@@ -119,8 +157,11 @@ def verify(bank: Path = BankArg) -> None:
     task.json, no stray files. Prints each problem and exits 1 if there is any."""
     from adapterbank.registry import Registry
 
+    from adapterbank.versions import verify_versions
+
     registry = Registry.open(bank, check_manifest=False)  # a failing bank.json is reported, not fatal
     checked, problems = registry.verify()
+    problems += verify_versions(registry)
     for problem in problems:
         typer.echo(f"FAIL {problem}", err=True)
     if problems:
@@ -197,6 +238,98 @@ def evaluate(
     paths = report.write(results, out)
     typer.echo(report.markdown(results))
     typer.echo(f"wrote {paths['results']}, {paths['report']}, {paths['heatmap']}")
+
+
+@app.command()
+def generate(
+    bank: Path = BankArg,
+    prompt: Optional[List[str]] = typer.Option(None, "--prompt", "-p", help="A prompt to continue (repeatable)."),
+    input_path: Optional[Path] = typer.Option(None, "--input", "-i", help=".jsonl/.csv with a 'text' field, or .txt with one prompt per line."),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="Tokens to generate per prompt."),
+    task: Optional[str] = typer.Option(None, "--task", help="Skip routing: every prompt uses this task's module."),
+    sample: bool = typer.Option(False, "--sample", help="Sample (with --temperature, --top-p) instead of greedy decoding."),
+    temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature (with --sample)."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass (with --sample)."),
+    seed: int = typer.Option(0, "--seed", help="Sampling seed."),
+    ood_quantile: Optional[float] = typer.Option(None, "--ood-quantile", help="A prompt less similar to its closest domain than this fraction of the domain's own text goes to the base; 0 turns it off.", show_default="bank.json's (0.01)"),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per prompt (JSON Lines)."),
+    device: str = DeviceOpt,
+) -> None:
+    """Continue prompts on a causal-LM bank, each with the module of the domain it is closest to
+    (mixed batches); prompts no domain matches are continued by the base alone."""
+    if bool(prompt) == (input_path is not None):
+        _fail("give prompts with --prompt or a file with --input (one of the two)")
+    prompts = list(prompt) if prompt else load_texts(input_path)[0]
+    results = _open(bank, device).generate(prompts, max_new_tokens=max_new_tokens, task=task, do_sample=sample,
+                                           temperature=temperature, top_p=top_p, seed=seed, ood_quantile=ood_quantile)
+    for item, result in zip(prompts, results):
+        if as_json:
+            typer.echo(json.dumps({"prompt": item, **result.to_dict()}, ensure_ascii=False))
+        else:
+            typer.echo(f"[{result.task or 'base'} @ {result.base_version}] {item}{result.text}")
+
+
+@app.command()
+def merge(
+    bank: Path = BankArg,
+    tasks: str = typer.Option(..., "--tasks", help="Comma-separated clm modules to merge into the current base."),
+    method: Method = typer.Option(Method.linear, "--method", help="linear: weighted sum of the updates; ties: trim, elect signs, disjoint mean; dare_linear / dare_ties: random drop and rescale, then sum / TIES; svd: weighted sum truncated to its top singular directions."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Comma-separated weight per task.", show_default="1 each"),
+    density: Optional[float] = typer.Option(None, "--density", help="ties/dare: fraction of each update kept.", show_default="0.5"),
+    seed: int = typer.Option(0, "--seed", help="Seed of DARE's random drops."),
+    retarget: bool = typer.Option(False, "--retarget", help="Also merge modules trained on an older base version."),
+    device: str = DeviceOpt,
+) -> None:
+    """Merge modules into the base: writes the next base version (v0 -> v1 -> ...) with its lineage in
+    bank.json and makes it current. Earlier versions stay on disk (see `rollback`)."""
+    names = [t.strip() for t in tasks.split(",") if t.strip()]
+    try:
+        parsed = [float(w) for w in weights.split(",")] if weights else None
+    except ValueError:
+        _fail(f"--weights: expected comma-separated numbers, got {weights!r}")
+    record = _open(bank, device).merge(names, method=method.value, weights=parsed, density=density, seed=seed,
+                                       retarget=retarget)
+    lineage = record["lineage"]
+    typer.echo(f"merged {', '.join(names)} into base {lineage['parent']} with {lineage['method']}: new base version "
+               f"{record['version']} (now current; {lineage['weights_changed']} weight matrices changed)")
+
+
+@app.command()
+def versions(bank: Path = BankArg, as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """List a causal-LM bank's base versions with their lineage; * marks the current one."""
+    rows = _open(bank).base_versions()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        lineage = row["lineage"]
+        what = (f"source {lineage['source']}" if "source" in lineage else
+                f"{lineage['method']} of {', '.join(t['name'] for t in lineage['tasks'])} into {lineage['parent']}")
+        typer.echo(f"{'*' if row['current'] else ' '} {row['version']:<4} {row['created_at']}  {what}")
+
+
+@app.command()
+def rollback(bank: Path = BankArg, version: str = typer.Argument(..., help="Base version to make current (e.g. v0).")) -> None:
+    """Make another base version current (new modules train on it, generation uses it). No files change."""
+    opened = _open(bank)
+    opened.rollback(version)
+    typer.echo(f"current base version is now {opened.current_base_version}")
+
+
+@app.command()
+def export(
+    bank: Path = BankArg,
+    out: Path = typer.Option(..., "--out", help="Output directory (must not exist, or be empty)."),
+    task: Optional[str] = typer.Option(None, "--task", help="Merge this task's LoRA module into the exported model."),
+    base_version: Optional[str] = typer.Option(None, "--base-version", help="Causal banks: base version to export.", show_default="the task's own, else the current"),
+    peft: bool = typer.Option(False, "--peft", help="Write the --task module as a PEFT directory (PEFT, vLLM, LoRAX) instead of a merged model."),
+    device: str = DeviceOpt,
+) -> None:
+    """Write a plain Hugging Face checkpoint (config, tokenizer, safetensors) that transformers loads
+    without adapterbank: AutoModelForCausalLM for causal banks, AutoModel (+ head.safetensors,
+    labels.json) for classification banks."""
+    written = _open(bank, device).export(out, task=task, base_version=base_version, peft=peft)
+    typer.echo(f"exported {'PEFT module' if peft else 'checkpoint'} to {written}")
 
 
 @app.command()
