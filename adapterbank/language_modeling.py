@@ -25,6 +25,7 @@ from .errors import DataError
 
 DEFAULT_BLOCK_SIZE = 128
 DEFAULT_CLM_LR = 2e-3
+ROUTER_MIN_TOKENS = 8  # shortest window the router's domain statistics are estimated from
 MAX_HELD_OUT_BLOCKS = 32  # held-out blocks for the before/after perplexity when no --eval is given
 
 
@@ -33,14 +34,13 @@ class CLMConfig:
     rank: int = 8
     block_size: int = DEFAULT_BLOCK_SIZE
     epochs: int = 1
-    max_steps: int | None = None  # stop after this many optimizer steps (None: all epochs)
+    max_steps: int | None = None  # train exactly this many optimizer steps, cycling the blocks as needed (overrides epochs)
     lr: float = DEFAULT_CLM_LR
     batch_size: int = 8
     seed: int = 0
 
     def total_steps(self, n_blocks: int) -> int:
-        steps = self.epochs * -(-n_blocks // self.batch_size)
-        return min(steps, self.max_steps) if self.max_steps else steps
+        return self.max_steps or self.epochs * -(-n_blocks // self.batch_size)
 
 
 def make_blocks(tokenizer, texts: Sequence[str], block_size: int, source: str) -> list[list[int]]:
@@ -166,8 +166,19 @@ def train_clm(base_model, blocks: list[list[int]], pad_id: int, config: CLMConfi
     return TrainedLM(peft_model, hyper, metrics)
 
 
-def block_texts(tokenizer, blocks: Sequence[Sequence[int]], limit: int, seed: int) -> list[str]:
-    """Decoded text of up to `limit` blocks (a seeded sample): what the router learns a domain from."""
-    chosen = sorted(random.Random(seed).sample(range(len(blocks)), min(limit, len(blocks))))
-    texts = [tokenizer.decode(blocks[i], skip_special_tokens=True).strip() for i in chosen]
-    return [t for t in texts if t] or ["(empty)"]
+def router_texts(tokenizer, blocks: Sequence[Sequence[int]], limit: int, seed: int,
+                 min_tokens: int = ROUTER_MIN_TOKENS) -> list[str]:
+    """What the router learns a domain from: decoded windows of up to `limit` blocks (a seeded sample),
+    each of a random length between `min_tokens` and the block's. Prompts are usually much shorter than
+    a block, and shorter texts score lower against a domain's mean: learning from whole blocks only
+    would put most real prompts below the out-of-scope threshold."""
+    rng = random.Random(seed)
+    texts = []
+    for i in sorted(rng.sample(range(len(blocks)), min(limit, len(blocks)))):
+        block = blocks[i]
+        length = rng.randint(min(min_tokens, len(block)), len(block))
+        start = rng.randint(0, len(block) - length)
+        text = tokenizer.decode(block[start : start + length], skip_special_tokens=True).strip()
+        if text:
+            texts.append(text)
+    return texts or ["(empty)"]
