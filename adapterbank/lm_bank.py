@@ -73,7 +73,7 @@ class CausalBankMixin:
     # -- training -------------------------------------------------------------------------------
     def _add_clm_task(self, name: str, train, eval, rank: int, epochs: int | None, max_steps: int | None,
                       lr: float | None, batch_size: int, block_size: int, seed: int, progress: bool):
-        from .language_modeling import (DEFAULT_CLM_LR, CLMConfig, block_texts, make_blocks, perplexity,
+        from .language_modeling import (DEFAULT_CLM_LR, CLMConfig, router_texts, make_blocks, perplexity,
                                         split_held_out, train_clm)
         from .routing import class_statistics, save_statistics
 
@@ -90,7 +90,7 @@ class CausalBankMixin:
         config = CLMConfig(rank=rank, block_size=block_size, epochs=epochs or 1, max_steps=max_steps,
                            lr=lr or DEFAULT_CLM_LR, batch_size=batch_size, seed=seed)
         started = time.perf_counter()
-        features = self.router_features(block_texts(base.tokenizer, blocks, ROUTER_SAMPLE_BLOCKS, seed))
+        features = self.router_features(router_texts(base.tokenizer, blocks, ROUTER_SAMPLE_BLOCKS, seed))
         stats = class_statistics(features, [0] * len(features), 1)
         faults.point("lower-pass")
         pad = _pad_id(base.tokenizer)
@@ -207,11 +207,12 @@ class CausalBankMixin:
 
     # -- merging --------------------------------------------------------------------------------
     def merge(self, tasks: Sequence[str], method: str = "linear", weights: Sequence[float] | None = None,
-              density: float | None = None, seed: int = 0, retarget: bool = False) -> dict:
+              density: float | None = None, seed: int = 0, retarget: bool = False, svd_rank: int | None = None) -> dict:
         """Merge LoRA modules into the current base, creating and selecting the next base version.
 
         Every module must have been trained on the current base version; `retarget=True` merges modules
-        of older versions anyway (their updates land on weights they were not trained against)."""
+        of older versions anyway (their updates land on weights they were not trained against).
+        `svd_rank`: rank the `svd` method truncates the summed update to (default: the largest module rank)."""
         from .merging import DEFAULT_DENSITY, check_method, lora_deltas, merge_into
         from .models import fingerprint_model
         from .versions import save_version
@@ -222,6 +223,8 @@ class CausalBankMixin:
             raise AdapterBankError("merge: name at least one task (--tasks a,b,...)")
         density = DEFAULT_DENSITY if density is None else density
         check_method(method, density, weights, len(tasks))
+        if svd_rank is not None and svd_rank < 1:
+            raise AdapterBankError(f"svd_rank must be at least 1, got {svd_rank}")
         weights = list(weights) if weights is not None else [1.0] * len(tasks)
         version = self.current_base_version
         infos = [self.task(name) for name in tasks]
@@ -235,9 +238,11 @@ class CausalBankMixin:
             self._check_task(info.name, info)
         base = self.base_at(version)
         model = copy.deepcopy(base.model)
-        changed = merge_into(model, [lora_deltas(info.path) for info in infos], method, weights, density, seed)
+        rank = svd_rank or max(int(info.record["hyperparameters"]["rank"]) for info in infos)
+        changed = merge_into(model, [lora_deltas(info.path) for info in infos], method, weights, density, seed, rank)
         faults.point("merged-in-memory")
         lineage = {"parent": version, "method": method, "weights": weights, "density": density, "seed": seed,
+                   **({"svd_rank": rank} if method == "svd" else {}),
                    "tasks": [{"name": i.name, "id": i.record.get("id"), "trained_on": i.record["base"]["version"]} for i in infos],
                    "retarget": retarget, "weights_changed": changed}
         record = save_version(self.registry, model, base.tokenizer, fingerprint_model(model), lineage)

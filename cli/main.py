@@ -81,7 +81,7 @@ def add_task(
     eval_path: Optional[Path] = typer.Option(None, "--eval", help="Validation data (same format): accuracy, or for clm the held-out perplexity (default: 5% of the training blocks)."),
     objective: Optional[Objective] = typer.Option(None, "--objective", help="classification (labelled texts) or clm (unlabelled domain text, causal-LM banks).", show_default="the bank's kind"),
     block_size: int = typer.Option(128, "--block-size", help="clm: tokens per training block (documents are joined and cut to this length)."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="clm: stop after this many optimizer steps.", show_default="one epoch"),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="clm: train exactly this many optimizer steps (overrides --epochs).", show_default="--epochs (1) passes over the blocks"),
     kind: Kind = typer.Option(Kind.lora, "--kind", help="Module kind: LoRA or prompt tuning."),
     rank: int = typer.Option(8, "--rank", help="LoRA rank."),
     virtual_tokens: int = typer.Option(16, "--virtual-tokens", help="Prompt tuning: number of virtual tokens."),
@@ -278,6 +278,7 @@ def merge(
     density: Optional[float] = typer.Option(None, "--density", help="ties/dare: fraction of each update kept.", show_default="0.5"),
     seed: int = typer.Option(0, "--seed", help="Seed of DARE's random drops."),
     retarget: bool = typer.Option(False, "--retarget", help="Also merge modules trained on an older base version."),
+    svd_rank: Optional[int] = typer.Option(None, "--svd-rank", help="svd: rank of the merged update.", show_default="the largest module rank"),
     device: str = DeviceOpt,
 ) -> None:
     """Merge modules into the base: writes the next base version (v0 -> v1 -> ...) with its lineage in
@@ -288,7 +289,7 @@ def merge(
     except ValueError:
         _fail(f"--weights: expected comma-separated numbers, got {weights!r}")
     record = _open(bank, device).merge(names, method=method.value, weights=parsed, density=density, seed=seed,
-                                       retarget=retarget)
+                                       retarget=retarget, svd_rank=svd_rank)
     lineage = record["lineage"]
     typer.echo(f"merged {', '.join(names)} into base {lineage['parent']} with {lineage['method']}: new base version "
                f"{record['version']} (now current; {lineage['weights_changed']} weight matrices changed)")
