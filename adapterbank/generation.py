@@ -59,7 +59,10 @@ class VersionGenerator:
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], modules: Sequence[str | None], directories: dict[str, Path],
-                 batch_size: int, options: dict, check: Callable[[str], None] | None = None) -> list[str]:
+                 batch_size: int, options: dict, check: Callable[[str], None] | None = None,
+                 progress: bool = False) -> list[str]:
+        from tqdm.auto import tqdm
+
         for name in dict.fromkeys(m for m in modules if m is not None):
             if name not in self.loaded and check is not None:
                 check(name)
@@ -71,7 +74,7 @@ class VersionGenerator:
         device = next(model.parameters()).device
         outputs: list[str] = []
         try:
-            for start in range(0, len(prompts), batch_size):
+            for start in tqdm(range(0, len(prompts), batch_size), desc="generate", unit="batch", disable=not progress, leave=False):
                 chunk = list(prompts[start : start + batch_size])
                 encoded = tokenizer(chunk, return_tensors="pt", padding=True).to(device)
                 extra = {}

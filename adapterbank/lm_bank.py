@@ -152,7 +152,8 @@ class CausalBankMixin:
     # -- generation -----------------------------------------------------------------------------
     def generate(self, prompts: Sequence[str], max_new_tokens: int = 64, task: str | None = None,
                  method: str | None = None, ood_quantile: float | None = None, do_sample: bool = False,
-                 temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, batch_size: int = 16):
+                 temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, batch_size: int = 16,
+                 progress: bool = False):
         """Continue each prompt with the module of the domain the router finds it closest to.
 
         `task` forces one module; a prompt no domain matches (the out-of-scope threshold, as for
@@ -199,7 +200,7 @@ class CausalBankMixin:
                 self._generators[version] = VersionGenerator(base.model, base.tokenizer)
             out = self._generators[version].generate(
                 [prompts[i] for i in rows], [chosen[i] for i in rows], {n: info.path for n, info in records.items()},
-                batch_size, options, check=lambda n: self._check_task(n, records[n]))
+                batch_size, options, check=lambda n: self._check_task(n, records[n]), progress=progress)
             for i, text in zip(rows, out):
                 texts[i] = text
         return [Generation(text, c, round(r.probabilities[0], 6) if c else 0.0, v, list(zip(r.tasks, r.probabilities)))

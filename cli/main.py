@@ -261,7 +261,8 @@ def generate(
         _fail("give prompts with --prompt or a file with --input (one of the two)")
     prompts = list(prompt) if prompt else load_texts(input_path)[0]
     results = _open(bank, device).generate(prompts, max_new_tokens=max_new_tokens, task=task, do_sample=sample,
-                                           temperature=temperature, top_p=top_p, seed=seed, ood_quantile=ood_quantile)
+                                           temperature=temperature, top_p=top_p, seed=seed, ood_quantile=ood_quantile,
+                                           progress=input_path is not None)
     for item, result in zip(prompts, results):
         if as_json:
             typer.echo(json.dumps({"prompt": item, **result.to_dict()}, ensure_ascii=False))
