@@ -125,7 +125,7 @@ class AdapterBank(CausalBankMixin):
 
         from .backbone import DEFAULT_UPPER_LAYERS, SplitEncoder
         from .models import fingerprint_model, load_causal_lm
-        from .registry import _fsync_dir
+        from .registry import fsync_dir
         from .routing import DEFAULT_METHOD, DEFAULT_OOD_QUANTILE
         from .versions import first_version
 
@@ -155,7 +155,7 @@ class AdapterBank(CausalBankMixin):
             if root.exists():
                 root.rmdir()
             os.rename(staging, root)
-            _fsync_dir(root.parent)
+            fsync_dir(root.parent)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         bank = cls(Registry.open(root), device=device)
@@ -346,7 +346,7 @@ class AdapterBank(CausalBankMixin):
         from tqdm.auto import tqdm
 
         from .encoding import collate, length_batches, pad_id_of, tokenize
-        from .routing import METHODS, Route
+        from .routing import Route
 
         if self.is_causal:
             raise AdapterBankError(f"bank {self.path} is over a causal LM: use generate (predict labels texts "
@@ -358,14 +358,9 @@ class AdapterBank(CausalBankMixin):
                 raise DataError(f"text #{i + 1}: expected a string, got {type(text).__name__}")
         if composition not in COMPOSITIONS:
             raise AdapterBankError(f"unknown composition {composition!r}; choose one of: {', '.join(COMPOSITIONS)}")
-        method = method or self.registry.manifest["router"]["method"]
-        if method not in METHODS:
-            raise AdapterBankError(f"unknown router method {method!r}; choose one of: {', '.join(METHODS)}")
         if top_k < 1:
             raise AdapterBankError(f"top_k must be at least 1, got {top_k}")
-        quantile = self.registry.manifest["router"]["ood_quantile"] if ood_quantile is None else ood_quantile
-        if not 0 <= quantile < 1:
-            raise AdapterBankError(f"ood_quantile must be in [0, 1), got {quantile}")
+        method, quantile = self._router_settings(method, ood_quantile)
         records = {info.name: info for info in self.tasks()}
         if not records:
             raise BankError(f"bank {self.path} has no tasks yet; add one with `adapterbank add-task`")
@@ -413,6 +408,19 @@ class AdapterBank(CausalBankMixin):
         for name in stale:
             del self._runner.loaded[name]
         return index, self._model()
+
+    def _router_settings(self, method: str | None, ood_quantile: float | None) -> tuple[str, float]:
+        """(router method, out-of-scope quantile): the caller's, else bank.json's defaults, validated."""
+        from .routing import METHODS
+
+        router = self.registry.manifest["router"]
+        method = method or router["method"]
+        if method not in METHODS:
+            raise AdapterBankError(f"unknown router method {method!r}; choose one of: {', '.join(METHODS)}")
+        quantile = router["ood_quantile"] if ood_quantile is None else ood_quantile
+        if not 0 <= quantile < 1:
+            raise AdapterBankError(f"ood_quantile must be in [0, 1), got {quantile}")
+        return method, quantile
 
     def _index(self, records: dict[str, TaskInfo]):
         """The router index over `records`, rebuilt or extended when the tasks on disk changed."""

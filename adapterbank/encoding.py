@@ -47,7 +47,12 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def pad_id_of(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    """The padding id: the tokenizer's pad token, else its EOS (causal LMs often have no pad), else 0.
+    Padded positions are masked out, so the choice only has to be a valid id."""
+    for candidate in (tokenizer.pad_token_id, getattr(tokenizer, "eos_token_id", None)):
+        if candidate is not None:
+            return candidate
+    return 0
 
 
 @torch.no_grad()

@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 
 from .errors import AdapterBankError
-from .registry import _fsync_dir
+from .registry import fsync_dir
 
 PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
@@ -41,7 +41,7 @@ def publish(out: Path, fill) -> Path:
         if out.exists():
             out.rmdir()  # empty (checked above)
         os.rename(staging, out)
-        _fsync_dir(out.parent)
+        fsync_dir(out.parent)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

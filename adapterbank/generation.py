@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 import torch
 
 from .adapters import quiet_peft
+from .encoding import pad_id_of
 
 BASE_ROW = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 
@@ -70,7 +71,7 @@ class VersionGenerator:
         model = self.peft_model if self.peft_model is not None else self.base_model
         tokenizer = self.tokenizer
         side, tokenizer.padding_side = tokenizer.padding_side, "left"  # generation continues from the right edge
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        pad = pad_id_of(tokenizer)
         device = next(model.parameters()).device
         outputs: list[str] = []
         try:

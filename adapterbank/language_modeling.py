@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from . import faults
 from .adapters import quiet_peft
 from .adapters.lora import make_config
+from .encoding import collate
 from .errors import DataError
 
 DEFAULT_BLOCK_SIZE = 128
@@ -75,16 +76,6 @@ def split_held_out(blocks: list[list[int]], seed: int) -> tuple[list[list[int]],
     return [b for i, b in enumerate(blocks) if i not in held], [b for i, b in enumerate(blocks) if i in held]
 
 
-def _collate(blocks: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    longest = max(len(b) for b in blocks)
-    input_ids = torch.full((len(blocks), longest), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(blocks), longest), dtype=torch.long)
-    for row, block in enumerate(blocks):
-        input_ids[row, : len(block)] = torch.tensor(block)
-        mask[row, : len(block)] = 1
-    return input_ids.to(device), mask.to(device)
-
-
 def _summed_nll(model, input_ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Sum of next-token negative log-likelihoods over real tokens, and how many there were."""
     logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1]
@@ -102,7 +93,7 @@ def perplexity(model, blocks: Sequence[Sequence[int]], pad_id: int, batch_size: 
     model.eval()
     total, count = 0.0, 0
     for start in range(0, len(blocks), batch_size):
-        nll, n = _summed_nll(model, *_collate(blocks[start : start + batch_size], pad_id, device))
+        nll, n = _summed_nll(model, *collate(blocks[start : start + batch_size], pad_id, device))
         total, count = total + float(nll), count + n
     model.train(was_training)
     return math.exp(total / max(count, 1))
@@ -140,7 +131,7 @@ def train_clm(base_model, blocks: list[list[int]], pad_id: int, config: CLMConfi
         for start in range(0, len(order), config.batch_size):
             if step >= total:
                 break
-            input_ids, mask = _collate([blocks[i] for i in order[start : start + config.batch_size]], pad_id, device)
+            input_ids, mask = collate([blocks[i] for i in order[start : start + config.batch_size]], pad_id, device)
             nll, count = _summed_nll(peft_model, input_ids, mask)
             loss = nll / max(count, 1)
             optimizer.zero_grad(set_to_none=True)

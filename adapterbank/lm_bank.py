@@ -73,6 +73,7 @@ class CausalBankMixin:
     # -- training -------------------------------------------------------------------------------
     def _add_clm_task(self, name: str, train, eval, rank: int, epochs: int | None, max_steps: int | None,
                       lr: float | None, batch_size: int, block_size: int, seed: int, progress: bool):
+        from .encoding import pad_id_of
         from .language_modeling import (DEFAULT_CLM_LR, CLMConfig, router_texts, make_blocks, perplexity,
                                         split_held_out, train_clm)
         from .routing import class_statistics, save_statistics
@@ -93,7 +94,7 @@ class CausalBankMixin:
         features = self.router_features(router_texts(base.tokenizer, blocks, ROUTER_SAMPLE_BLOCKS, seed))
         stats = class_statistics(features, [0] * len(features), 1)
         faults.point("lower-pass")
-        pad = _pad_id(base.tokenizer)
+        pad = pad_id_of(base.tokenizer)
         before = perplexity(base.model, held_out, pad)
         trained = train_clm(base.model, blocks, pad, config, progress=progress, description=f"add-task {name}")
         after = perplexity(trained.peft_model, held_out, pad)
@@ -139,15 +140,15 @@ class CausalBankMixin:
     def route(self, texts: Sequence[str], method: str | None = None, ood_quantile: float | None = None):
         """The router's view of each text on a causal bank: candidate domains best first, with
         probabilities, and whether the text is in scope of the best one (routing.Route objects)."""
+        return self._route({info.name: info for info in self.tasks()}, texts, *self._router_settings(method, ood_quantile))
+
+    def _route(self, records: dict, texts: Sequence[str], method: str, quantile: float):
         from .routing import Route
 
-        records = {info.name: info for info in self.tasks()}
         if not records:
             return [Route([], [], in_scope=False) for _ in texts]
-        router = self.registry.manifest["router"]
-        return self._index(records).route(self.router_features(texts), top_k=min(3, len(records)),
-                                          method=method or router["method"],
-                                          ood_quantile=router["ood_quantile"] if ood_quantile is None else ood_quantile)
+        return self._index(records).route(self.router_features(texts), top_k=min(3, len(records)), method=method,
+                                          ood_quantile=quantile)
 
     # -- generation -----------------------------------------------------------------------------
     def generate(self, prompts: Sequence[str], max_new_tokens: int = 64, task: str | None = None,
@@ -161,7 +162,7 @@ class CausalBankMixin:
         import torch
 
         from .generation import Generation
-        from .routing import METHODS, Route
+        from .routing import Route
 
         self._require_causal("generate")
         if isinstance(prompts, str):
@@ -171,18 +172,13 @@ class CausalBankMixin:
                 raise DataError(f"prompt #{i + 1}: expected a non-empty string")
         if max_new_tokens < 1 or batch_size < 1:
             raise AdapterBankError("max_new_tokens and batch_size must be at least 1")
-        method = method or self.registry.manifest["router"]["method"]
-        if method not in METHODS:
-            raise AdapterBankError(f"unknown router method {method!r}; choose one of: {', '.join(METHODS)}")
-        quantile = self.registry.manifest["router"]["ood_quantile"] if ood_quantile is None else ood_quantile
-        if not 0 <= quantile < 1:
-            raise AdapterBankError(f"ood_quantile must be in [0, 1), got {quantile}")
+        method, quantile = self._router_settings(method, ood_quantile)
         records = {info.name: info for info in self.tasks()}
         if task is not None and task not in records:
             raise TaskNotFoundError(f"no task named {task!r} in bank {self.path}")
         if not prompts:
             return []
-        routes = [Route([task], [1.0]) for _ in prompts] if task is not None else self.route(prompts, method, quantile)
+        routes = [Route([task], [1.0]) for _ in prompts] if task is not None else self._route(records, prompts, method, quantile)
         current = self.current_base_version
         chosen = [r.tasks[0] if r.in_scope and r.tasks else None for r in routes]
         versions = [records[c].record["base"]["version"] if c else current for c in chosen]
@@ -313,6 +309,3 @@ def _texts_fingerprint(texts: Sequence[str]) -> str:
         digest.update(json.dumps(text, ensure_ascii=False).encode("utf-8"))
     return "sha256:" + digest.hexdigest()
 
-
-def _pad_id(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)

@@ -122,7 +122,7 @@ def load_causal_lm(spec: str) -> tuple[str, "torch.nn.Module", object]:
     else:
         _refuse_pickle_only(spec, location)
     extra = {"gguf_file": gguf_file} if gguf_file else {"use_safetensors": True}
-    with _quiet_transformers():
+    with quiet_transformers():
         try:
             tokenizer = AutoTokenizer.from_pretrained(location, **extra)
             model = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32, **extra)
@@ -138,7 +138,7 @@ def load_causal_lm(spec: str) -> tuple[str, "torch.nn.Module", object]:
 
 
 @contextlib.contextmanager
-def _quiet_transformers():
+def quiet_transformers():
     """transformers' info logs and progress bars are noise on a CLI's screen."""
     from transformers.utils import logging as hf_logging
 
@@ -174,7 +174,7 @@ def load_base(spec: str, device: "str | torch.device" = "cpu") -> Base:
         raise ModelNotFoundError(f"base model {spec!r}: no such directory")
     if local:
         _refuse_pickle_only(spec, location)
-    with _quiet_transformers():
+    with quiet_transformers():
         try:
             tokenizer = AutoTokenizer.from_pretrained(location)
             model = AutoModel.from_pretrained(location, use_safetensors=True)  # never unpickle; no remote code

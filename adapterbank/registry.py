@@ -64,7 +64,7 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:
@@ -114,7 +114,7 @@ def read_json(path: Path) -> dict:
     return payload
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -123,7 +123,7 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def _now() -> str:
+def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
@@ -151,7 +151,7 @@ class Registry:
         created_root = not root.exists()
         try:
             (root / "tasks").mkdir(parents=True, exist_ok=True)
-            full = {"format_version": FORMAT_VERSION, "created_at": _now(), **manifest}
+            full = {"format_version": FORMAT_VERSION, "created_at": utc_now(), **manifest}
             write_json_atomic(root / MANIFEST, seal(full))
         except BaseException:
             shutil.rmtree(root if created_root else root / "tasks", ignore_errors=True)
@@ -182,10 +182,10 @@ class Registry:
 
     def update_manifest(self, change: Callable[[dict], dict]) -> dict:
         """Re-read bank.json, apply `change` and write it back sealed and atomically. Call with the lock held."""
-        manifest = change(read_sealed(self.root / MANIFEST))
-        write_json_atomic(self.root / MANIFEST, seal(manifest))
-        self.manifest = read_sealed(self.root / MANIFEST)
-        return self.manifest
+        manifest = seal(change(read_sealed(self.root / MANIFEST)))
+        write_json_atomic(self.root / MANIFEST, manifest)
+        self.manifest = manifest
+        return manifest
 
     def lock(self) -> FileLock:
         """Writers hold this while they change what is visible (rename in/out of tasks/)."""
@@ -275,12 +275,12 @@ class Registry:
                 faults.point("locked")
                 self.ensure_new_name(name)
                 sequence = 1 + max((r.get("sequence", 0) for r in self.read_tasks().values()), default=0)
-                full = {"name": name, "id": uuid.uuid4().hex, "sequence": sequence, "created_at": _now(), **record,
+                full = {"name": name, "id": uuid.uuid4().hex, "sequence": sequence, "created_at": utc_now(), **record,
                         "files": files}
                 write_json_atomic(staging / TASK_MANIFEST, seal(full))
                 faults.point("manifest-written")
                 os.rename(staging, self.tasks_dir / name)
-                _fsync_dir(self.tasks_dir)
+                fsync_dir(self.tasks_dir)
                 faults.point("renamed")
         finally:
             if staging.exists():
@@ -292,7 +292,7 @@ class Registry:
             source = self.task_dir(name)
             trash = self.tasks_dir / f"{_TRASH_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
             os.rename(source, trash)
-            _fsync_dir(self.tasks_dir)
+            fsync_dir(self.tasks_dir)
         shutil.rmtree(trash, ignore_errors=True)
 
     def _clean_stale_temps(self) -> None:
@@ -302,11 +302,11 @@ class Registry:
                 shutil.rmtree(entry, ignore_errors=True)
             elif entry.name.startswith(_TEMP_PREFIX):
                 pid = entry.name.rsplit("-", 2)[-2]
-                if pid.isdigit() and not _pid_alive(int(pid)):
+                if pid.isdigit() and not pid_alive(int(pid)):
                     shutil.rmtree(entry, ignore_errors=True)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import faults
 from .errors import BankError, IntegrityError
-from .registry import Registry, _fsync_dir, _now, sha256_file
+from .registry import Registry, fsync_dir, utc_now, sha256_file
 
 BASES = "bases"
 _TEMP_PREFIX = ".tmp-"
@@ -66,9 +66,9 @@ def save_version(registry: Registry, model, tokenizer, fingerprint: str, lineage
             if target.exists():  # an orphan of a merge that died before listing it
                 shutil.rmtree(target)
             os.rename(staging, target)
-            _fsync_dir(bases)
+            fsync_dir(bases)
             faults.point("base-renamed")
-            record = {"version": version, "fingerprint": fingerprint, "created_at": _now(), "lineage": lineage,
+            record = {"version": version, "fingerprint": fingerprint, "created_at": utc_now(), "lineage": lineage,
                       "files": files}
 
             def add(manifest: dict) -> dict:
@@ -87,9 +87,9 @@ def save_version(registry: Registry, model, tokenizer, fingerprint: str, lineage
 
 def write_checkpoint(directory: Path, model, tokenizer) -> dict[str, str]:
     """Save a plain Hugging Face checkpoint (safetensors weights, JSON config, tokenizer); {file: sha256}."""
-    from .models import _quiet_transformers
+    from .models import quiet_transformers
 
-    with _quiet_transformers():
+    with quiet_transformers():
         model.save_pretrained(str(directory), safe_serialization=True)
         tokenizer.save_pretrained(str(directory))
     return {p.name: sha256_file(p) for p in sorted(Path(directory).iterdir()) if p.is_file()}
@@ -98,16 +98,15 @@ def write_checkpoint(directory: Path, model, tokenizer) -> dict[str, str]:
 def first_version(directory: Path, model, tokenizer, fingerprint: str, source: str) -> dict:
     """Write `bases/v0` under a bank being created; its bank.json entry."""
     files = write_checkpoint(Path(directory) / BASES / "v0", model, tokenizer)
-    return {"version": "v0", "fingerprint": fingerprint, "created_at": _now(), "lineage": {"source": source},
+    return {"version": "v0", "fingerprint": fingerprint, "created_at": utc_now(), "lineage": {"source": source},
             "files": files}
 
 
 def set_current(registry: Registry, version: str) -> dict:
     """Make `version` the base that new modules train on and that generation uses (rollback / roll forward)."""
     with registry.lock():
-        version_record(Registry.open(registry.root).manifest, version)
-
         def point(manifest: dict) -> dict:
+            version_record(manifest, version)  # raises for a version the bank does not list
             manifest["current_base"] = version
             return manifest
 
@@ -148,11 +147,11 @@ def load_version(registry: Registry, version: str, device="cpu"):
 
     import torch
 
-    from .models import _quiet_transformers
+    from .models import quiet_transformers
 
     check_version_files(registry, version)
     directory = str(version_dir(registry, version))
-    with _quiet_transformers():
+    with quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(directory)
         model = AutoModelForCausalLM.from_pretrained(directory, use_safetensors=True, dtype=torch.float32)
     model.requires_grad_(False)
@@ -161,10 +160,10 @@ def load_version(registry: Registry, version: str, device="cpu"):
 
 
 def _remove_dead_temps(bases: Path) -> None:
-    from .registry import _pid_alive
+    from .registry import pid_alive
 
     for entry in bases.iterdir():
         if entry.name.startswith(_TEMP_PREFIX):
             pid = entry.name[len(_TEMP_PREFIX):].split("-")[0]
-            if pid.isdigit() and not _pid_alive(int(pid)):
+            if pid.isdigit() and not pid_alive(int(pid)):
                 shutil.rmtree(entry, ignore_errors=True)
