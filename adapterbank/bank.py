@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from . import __version__, faults
+from . import __version__
+from . import faults
 from .data import Dataset, check_label_count, load_dataset
 from .errors import AdapterBankError, BankError, BaseMismatchError, DataError, TaskNotFoundError
-from .lm_bank import CausalBankMixin
-from .models import DEFAULT_BASE, DEFAULT_MAX_LENGTH, Base, load_base, resolve_device
-from .registry import Registry
+from .causal.bank import CausalBankMixin
+from .core.models import DEFAULT_BASE, DEFAULT_MAX_LENGTH, Base, load_base, resolve_device
+from .store.registry import Registry
 
 
 @dataclass
@@ -92,9 +93,9 @@ class AdapterBank(CausalBankMixin):
         local dir of a ...ForCausalLM model) for continual pre-training and routed generation.
         `router_encoder`: causal banks only, the encoder whose features route prompts to domains."""
         Registry.ensure_creatable(path)  # checked before the (slow) model load; nothing is written until both pass
-        from .backbone import DEFAULT_UPPER_LAYERS, SplitEncoder
-        from .models import is_causal_lm
-        from .routing import DEFAULT_METHOD, DEFAULT_OOD_QUANTILE
+        from .core.backbone import DEFAULT_UPPER_LAYERS, SplitEncoder
+        from .core.models import is_causal_lm
+        from .routing.index import DEFAULT_METHOD, DEFAULT_OOD_QUANTILE
 
         if is_causal_lm(base):
             return cls._create_causal(path, base, device, router_encoder)
@@ -123,11 +124,11 @@ class AdapterBank(CausalBankMixin):
         import shutil
         import uuid
 
-        from .backbone import DEFAULT_UPPER_LAYERS, SplitEncoder
-        from .models import fingerprint_model, load_causal_lm
-        from .registry import fsync_dir
-        from .routing import DEFAULT_METHOD, DEFAULT_OOD_QUANTILE
-        from .versions import first_version
+        from .core.backbone import DEFAULT_UPPER_LAYERS, SplitEncoder
+        from .core.models import fingerprint_model, load_causal_lm
+        from .store.registry import fsync_dir
+        from .routing.index import DEFAULT_METHOD, DEFAULT_OOD_QUANTILE
+        from .store.versions import first_version
 
         root = Path(path).expanduser()
         model_id, model, tokenizer = load_causal_lm(base)
@@ -244,7 +245,7 @@ class AdapterBank(CausalBankMixin):
         A classification task with a single label gets no module or head (there is nothing to
         discriminate): the router alone decides when its texts are meant, and predictions return its label.
         """
-        from .adapters import check_kind
+        from .kinds import check_kind
 
         self.registry.ensure_new_name(name)
         check_kind(kind)
@@ -272,10 +273,10 @@ class AdapterBank(CausalBankMixin):
             unknown = sorted(set(eval_set.labels) - set(labels))
             if unknown:
                 raise DataError(f"{eval_set.source}: labels not in the training data: {', '.join(unknown[:5])}")
-        from .encoding import tokenize  # heavy (torch, PEFT): only once the input is valid
-        from .routing import class_statistics, save_statistics
-        from .backbone import SplitEncoder
-        from .training import DEFAULT_CACHE_BYTES, LowerStates, TrainConfig, train_classifier
+        from .core.encoding import tokenize  # heavy (torch, PEFT): only once the input is valid
+        from .routing.index import class_statistics, save_statistics
+        from .core.backbone import SplitEncoder
+        from .classify.training import DEFAULT_CACHE_BYTES, LowerStates, TrainConfig, train_classifier
 
         base = self.base
         positions = getattr(base.model.config, "max_position_embeddings", None)
@@ -345,8 +346,8 @@ class AdapterBank(CausalBankMixin):
         """
         from tqdm.auto import tqdm
 
-        from .encoding import collate, length_batches, pad_id_of, tokenize
-        from .routing import Route
+        from .core.encoding import collate, length_batches, pad_id_of, tokenize
+        from .routing.index import Route
 
         if self.is_causal:
             raise AdapterBankError(f"bank {self.path} is over a causal LM: use generate (predict labels texts "
@@ -411,7 +412,7 @@ class AdapterBank(CausalBankMixin):
 
     def _router_settings(self, method: str | None, ood_quantile: float | None) -> tuple[str, float]:
         """(router method, out-of-scope quantile): the caller's, else bank.json's defaults, validated."""
-        from .routing import METHODS
+        from .routing.index import METHODS
 
         router = self.registry.manifest["router"]
         method = method or router["method"]
@@ -424,7 +425,7 @@ class AdapterBank(CausalBankMixin):
 
     def _index(self, records: dict[str, TaskInfo]):
         """The router index over `records`, rebuilt or extended when the tasks on disk changed."""
-        from .routing import sync_index
+        from .routing.index import sync_index
 
         current = {name: info.record.get("id", "") for name, info in records.items()}
         if self._router is None or current != self._synced:
@@ -438,13 +439,13 @@ class AdapterBank(CausalBankMixin):
     def _check_task(self, name: str, info: TaskInfo, router: bool = False) -> None:
         """Before a task's files are first read they must match the sha256 in its task.json: its router
         statistics (`router=True`, read for the index) or the module's files (read on first load)."""
-        from .routing import ROUTER_FILE
+        from .routing.index import ROUTER_FILE
 
         files = [ROUTER_FILE] if router else sorted(f for f in info.record.get("files", {}) if f != ROUTER_FILE)
         self.registry.check_files(name, info.record, files)
 
     def _model(self):
-        from .inference import RoutedModel
+        from .classify.inference import RoutedModel
 
         if self._runner is None:
             self._runner = RoutedModel(self.base.model, self.upper_layers)
@@ -531,7 +532,7 @@ def _within_task_accuracy(model, tokenizer, task_dir: Path, kind: str, labels: l
     """Accuracy of a just-written module on labelled data, the task given (no routing)."""
     import torch
 
-    from .encoding import map_batches, tokenize
+    from .core.encoding import map_batches, tokenize
 
     module = model.load_unnamed(task_dir, kind)
 

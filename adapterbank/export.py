@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 
 from .errors import AdapterBankError
-from .registry import fsync_dir
+from .store.registry import fsync_dir
 
 PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
@@ -54,7 +54,7 @@ def merged_model(base_model, task_dir: Path):
 
     from peft import PeftModel
 
-    from .adapters import quiet_peft
+    from .kinds import quiet_peft
 
     with quiet_peft():
         peft_model = PeftModel.from_pretrained(copy.deepcopy(base_model), str(task_dir))

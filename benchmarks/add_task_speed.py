@@ -37,9 +37,9 @@ from peft import LoraConfig, TaskType, get_peft_model  # noqa: E402
 
 from adapterbank import AdapterBank, load_dataset  # noqa: E402
 from common import subset  # noqa: E402
-from adapterbank.adapters import quiet_peft  # noqa: E402
-from adapterbank.encoding import collate, length_batches, mean_pool, pad_id_of, tokenize  # noqa: E402
-from adapterbank.training import TrainConfig  # noqa: E402
+from adapterbank.kinds import quiet_peft  # noqa: E402
+from adapterbank.core.encoding import collate, length_batches, mean_pool, pad_id_of, tokenize  # noqa: E402
+from adapterbank.classify.training import TrainConfig  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "clinc150"
 PLAIN_LR = 2e-3

@@ -22,8 +22,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from adapterbank import evaluation, report  # noqa: E402
-from adapterbank.scenarios import load_scenario  # noqa: E402
+from adapterbank.evaluation import protocol as evaluation, report  # noqa: E402
+from adapterbank.evaluation.scenarios import load_scenario  # noqa: E402
 
 DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
 TASK_COUNTS = {"clinc150": 15, "banking77": 7}

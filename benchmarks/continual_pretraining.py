@@ -56,7 +56,7 @@ def prompt_texts(texts: list[str], count: int = 60) -> list[str]:
 
 def test_blocks(tokenizer, texts: list[str], block_size: int, count: int) -> list[list[int]]:
     """`count` evenly spaced full blocks of the domain's test text."""
-    from adapterbank.language_modeling import make_blocks
+    from adapterbank.causal.training import make_blocks
 
     blocks = [b for b in make_blocks(tokenizer, texts, block_size, "test") if len(b) == block_size]
     step = max(1, len(blocks) // count)
@@ -81,7 +81,7 @@ def main() -> None:
 
     from adapterbank import AdapterBank
     from adapterbank.export import merged_model
-    from adapterbank.language_modeling import perplexity
+    from adapterbank.causal.training import perplexity
 
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="cpt-bench-"))

@@ -28,8 +28,8 @@ import torch  # noqa: E402
 
 from adapterbank import AdapterBank, load_dataset  # noqa: E402
 from common import subset  # noqa: E402
-from adapterbank.encoding import collate, length_batches, mean_pool, pad_id_of, tokenize  # noqa: E402
-from adapterbank.routing import INDEX_FILE, RouterIndex, save_statistics  # noqa: E402
+from adapterbank.core.encoding import collate, length_batches, mean_pool, pad_id_of, tokenize  # noqa: E402
+from adapterbank.routing.index import INDEX_FILE, RouterIndex, save_statistics  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "clinc150"
 
@@ -58,8 +58,8 @@ def base_forward(bank, texts, batch_size=64):
 
 def joint_baseline(bank, train, test, labels):
     """One LoRA on every linear layer of every transformer layer, all intents at once."""
-    from adapterbank.backbone import num_layers
-    from adapterbank.training import TrainConfig, module_features, train_classifier
+    from adapterbank.core.backbone import num_layers
+    from adapterbank.classify.training import TrainConfig, module_features, train_classifier
 
     base = bank.base
     index = {label: i for i, label in enumerate(labels)}

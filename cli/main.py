@@ -14,7 +14,7 @@ import typer
 
 from adapterbank import AdapterBank, AdapterBankError, TaskInfo, __version__
 from adapterbank.data import load_texts
-from adapterbank.models import DEFAULT_BASE, DEFAULT_CAUSAL_BASE
+from adapterbank.core.models import DEFAULT_BASE, DEFAULT_CAUSAL_BASE
 
 app = typer.Typer(
     help="Parameter-efficient continual learning: one frozen base model, one small module per task, "
@@ -155,9 +155,9 @@ def remove(bank: Path = BankArg, name: str = typer.Argument(..., help="Task name
 def verify(bank: Path = BankArg) -> None:
     """Check a whole bank: manifests against their checksums, every task file against the sha256 in its
     task.json, no stray files. Prints each problem and exits 1 if there is any."""
-    from adapterbank.registry import Registry
+    from adapterbank.store.registry import Registry
 
-    from adapterbank.versions import verify_versions
+    from adapterbank.store.versions import verify_versions
 
     registry = Registry.open(bank, check_manifest=False)  # a failing bank.json is reported, not fatal
     checked, problems = registry.verify()
@@ -222,9 +222,9 @@ def evaluate(
 ) -> None:
     """Continual-learning evaluation: add the tasks one by one to a fresh bank, measure after each
     (accuracy matrix, AA, BWT, FWT, forgetting, routing, oracle) and compare with baselines."""
-    from adapterbank import evaluation, report
-    from adapterbank.baselines import BASELINES
-    from adapterbank.scenarios import load_scenario
+    from adapterbank.evaluation import protocol as evaluation, report
+    from adapterbank.evaluation.baselines import BASELINES
+    from adapterbank.evaluation.scenarios import load_scenario
 
     chosen = [b.strip() for b in baselines.split(",") if b.strip()]
     for name in chosen:

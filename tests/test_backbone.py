@@ -1,8 +1,8 @@
 import torch
 
-from adapterbank.backbone import SplitEncoder
-from adapterbank.encoding import collate, mean_pool, tokenize
-from adapterbank.models import load_base
+from adapterbank.core.backbone import SplitEncoder
+from adapterbank.core.encoding import collate, mean_pool, tokenize
+from adapterbank.core.models import load_base
 
 
 def test_lower_then_upper_equals_one_full_pass_and_router_reads_lower_layers(tiny_base):

@@ -8,8 +8,8 @@ from transformers import AutoModel, AutoTokenizer
 from adapterbank import AdapterBank, load_dataset
 from adapterbank.errors import (AdapterBankError, BankError, BaseMismatchError, DataError, InvalidNameError,
                                 ModelNotFoundError, TaskExistsError, TaskNotFoundError)
-from adapterbank.heads import CosineHead
-from adapterbank.training import module_features
+from adapterbank.classify.heads import CosineHead
+from adapterbank.classify.training import module_features
 
 from conftest import TASK_LABELS, tree_hashes, write_jsonl
 
@@ -147,7 +147,7 @@ def test_failure_during_training_leaves_bank_unchanged(bank, task_files, monkeyp
     def crash(*args, **kwargs):
         raise KeyboardInterrupt  # the user pressing Ctrl-C mid-training
 
-    monkeypatch.setattr("adapterbank.training.train_classifier", crash)
+    monkeypatch.setattr("adapterbank.classify.training.train_classifier", crash)
     with pytest.raises(KeyboardInterrupt):
         bank.add_task("beta", task_files["beta"][0], **FAST)
     assert tree_hashes(bank.path) == before
@@ -231,8 +231,8 @@ def test_forced_task_and_option_errors(bank, task_files):
 
 
 def test_router_index_is_saved_and_small_module_cache_still_answers(bank, task_files):
-    from adapterbank.inference import RoutedModel
-    from adapterbank.routing import INDEX_FILE, RouterIndex
+    from adapterbank.classify.inference import RoutedModel
+    from adapterbank.routing.index import INDEX_FILE, RouterIndex
 
     for task in ("alpha", "beta"):
         bank.add_task(task, task_files[task][0], **FAST)

@@ -13,7 +13,7 @@ import torch
 
 from adapterbank import AdapterBank
 from adapterbank.errors import AdapterBankError, BaseMismatchError, DataError
-from adapterbank.language_modeling import make_blocks
+from adapterbank.causal.training import make_blocks
 
 from conftest import tree_hashes, write_jsonl
 from lm_fixtures import domain_texts, write_tiny_llama
@@ -244,7 +244,7 @@ def test_merge_input_errors(bank):
 
 
 def test_verify_names_a_changed_base_file(bank):
-    from adapterbank.versions import verify_versions
+    from adapterbank.store.versions import verify_versions
 
     assert verify_versions(bank.registry) == []
     config = bank.path / "bases" / "v0" / "config.json"
@@ -268,7 +268,7 @@ def test_sigkill_during_merge_leaves_no_new_version(bank, point):
     assert [v["version"] for v in reopened.base_versions()] == ["v0"]
     assert reopened.merge(["alpha"])["version"] == "v1"  # the next merge sweeps the leftovers away
     assert sorted(p.name for p in (bank.path / "bases").iterdir()) == ["v0", "v1"]
-    from adapterbank.versions import verify_versions
+    from adapterbank.store.versions import verify_versions
 
     assert verify_versions(reopened.registry) == []
 

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from adapterbank import evaluation, metrics, report
+from adapterbank.evaluation import metrics, protocol as evaluation, report
 from adapterbank.errors import DataError
-from adapterbank.scenarios import load_scenario
+from adapterbank.evaluation.scenarios import load_scenario
 
 from conftest import TASK_LABELS, synthetic_rows, write_jsonl
 from test_cli import invoke

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from adapterbank import AdapterBank
 from adapterbank.data import MAX_LABELS_PER_TASK, load_dataset, load_texts
 from adapterbank.errors import DataError, InvalidNameError
-from adapterbank.registry import validate_task_name
+from adapterbank.store.registry import validate_task_name
 
 from conftest import tree_hashes
 

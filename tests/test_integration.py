@@ -10,7 +10,7 @@ from transformers import AutoModel
 from adapterbank import AdapterBank, load_dataset
 from adapterbank.demo import DEMO_TASKS, demo_data_dir
 from adapterbank_cli.main import main
-from adapterbank.models import DEFAULT_BASE, _load_location
+from adapterbank.core.models import DEFAULT_BASE, _load_location
 
 pytestmark = pytest.mark.integration
 

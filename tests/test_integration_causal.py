@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from adapterbank import AdapterBank
-from adapterbank.models import packaged_smollm2_dir
+from adapterbank.core.models import packaged_smollm2_dir
 from adapterbank_cli.main import main
 
 pytestmark = pytest.mark.integration

@@ -7,7 +7,7 @@ import pytest
 
 from adapterbank import AdapterBank
 from adapterbank.errors import IntegrityError
-from adapterbank.routing import INDEX_FILE
+from adapterbank.routing.index import INDEX_FILE
 
 from conftest import tree_hashes
 from test_cli import invoke

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from adapterbank.errors import AdapterBankError
-from adapterbank.models import DEFAULT_BASE, canonical_base_id, fingerprint_model, load_base, resolve_device
+from adapterbank.core.models import DEFAULT_BASE, canonical_base_id, fingerprint_model, load_base, resolve_device
 
 
 def test_device_auto_and_explicit():
@@ -35,7 +35,7 @@ def test_pickle_weights_are_refused_with_how_to_convert(tmp_path, tiny_base):
     import shutil
 
     from adapterbank.errors import ModelNotFoundError
-    from adapterbank.models import load_base
+    from adapterbank.core.models import load_base
 
     pickled = tmp_path / "pickled"
     shutil.copytree(tiny_base, pickled)

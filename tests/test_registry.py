@@ -4,7 +4,7 @@ import os
 import pytest
 
 from adapterbank.errors import BankError, InvalidNameError, TaskExistsError, TaskNotFoundError
-from adapterbank.registry import Registry, sha256_file, validate_task_name
+from adapterbank.store.registry import Registry, sha256_file, validate_task_name
 
 from conftest import tree_hashes
 

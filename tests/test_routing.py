@@ -1,6 +1,6 @@
 import torch
 
-from adapterbank.routing import INDEX_FILE, RouterIndex, class_statistics, save_statistics, sync_index
+from adapterbank.routing.index import INDEX_FILE, RouterIndex, class_statistics, save_statistics, sync_index
 
 
 def _gaussian_task(centres: list[list[float]], per_class: int, seed: int, spread: float = 0.1):

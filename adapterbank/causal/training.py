@@ -18,11 +18,11 @@ import torch
 from peft import get_peft_model
 from tqdm.auto import tqdm
 
-from . import faults
-from .adapters import quiet_peft
-from .adapters.lora import make_config
-from .encoding import collate
-from .errors import DataError
+from .. import faults
+from ..kinds import quiet_peft
+from ..kinds.lora import make_config
+from ..core.encoding import collate
+from ..errors import DataError
 
 DEFAULT_BLOCK_SIZE = 128
 DEFAULT_CLM_LR = 2e-3

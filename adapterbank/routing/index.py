@@ -25,8 +25,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from . import faults
-from .registry import write_atomic
+from .. import faults
+from ..store.registry import write_atomic
 
 ROUTER_FILE = "router.safetensors"
 INDEX_FILE = "router_index.safetensors"

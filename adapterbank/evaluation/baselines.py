@@ -16,11 +16,11 @@ from typing import Callable, Sequence
 
 import torch
 
-from .backbone import SplitEncoder
-from .encoding import length_batches, map_batches, mean_pool, tokenize
-from .models import Base
+from ..core.backbone import SplitEncoder
+from ..core.encoding import length_batches, map_batches, mean_pool, tokenize
+from ..core.models import Base
 from .scenarios import TaskData
-from .training import DEFAULT_CACHE_BYTES, LowerStates, TrainConfig, TrainedModule, train_classifier
+from ..classify.training import DEFAULT_CACHE_BYTES, LowerStates, TrainConfig, TrainedModule, train_classifier
 
 BASELINES = ("joint", "seqlora", "ncm")
 
@@ -97,7 +97,7 @@ def _train(setting: Setting, data, n_classes: int, description: str, resume: Tra
 
 def joint(setting: Setting, test: TestStates) -> list[float]:
     """Per-task accuracy of one module trained on the union of every task's training data."""
-    from .data import Dataset
+    from ..data import Dataset
 
     union = Dataset([t for task in setting.tasks for t in task.train.texts],
                     [y for task in setting.tasks for y in task.train.targets], source="joint")

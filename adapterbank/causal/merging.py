@@ -20,7 +20,7 @@ import torch
 from peft.utils import merge_utils
 from safetensors.torch import load_file
 
-from .errors import AdapterBankError, IntegrityError
+from ..errors import AdapterBankError, IntegrityError
 
 DEFAULT_DENSITY = 0.5  # fraction of each delta TIES/DARE keep
 

@@ -15,8 +15,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from .adapters import quiet_peft
-from .encoding import pad_id_of
+from ..kinds import quiet_peft
+from ..core.encoding import pad_id_of
 
 BASE_ROW = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 

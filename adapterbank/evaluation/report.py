@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .registry import write_atomic
+from ..store.registry import write_atomic
 
 RESULTS_FILE, REPORT_FILE, HEATMAP_FILE = "results.json", "report.md", "accuracy_matrix.png"
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import AdapterBankError, ModelNotFoundError
+from ..errors import AdapterBankError, ModelNotFoundError
 
 DEFAULT_BASE = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_MAX_LENGTH = 128  # tokens per text; longer texts are truncated

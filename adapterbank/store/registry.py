@@ -24,8 +24,8 @@ from typing import Callable, Iterator
 
 from filelock import FileLock
 
-from . import faults
-from .errors import BankError, IntegrityError, InvalidNameError, TaskExistsError, TaskNotFoundError
+from .. import faults
+from ..errors import BankError, IntegrityError, InvalidNameError, TaskExistsError, TaskNotFoundError
 
 FORMAT_VERSION = 3  # 2: modules on the upper layers only, router statistics over lower-layer features; 3: sealed manifests
 MANIFEST = "bank.json"

@@ -20,12 +20,12 @@ import torch
 from peft import get_peft_model
 from tqdm.auto import tqdm
 
-from . import faults
-from .adapters import kind_module, quiet_peft
-from .backbone import SplitEncoder
-from .encoding import collate, length_batches, mean_pool, pad_id_of
+from .. import faults
+from ..kinds import kind_module, quiet_peft
+from ..core.backbone import SplitEncoder
+from ..core.encoding import collate, length_batches, mean_pool, pad_id_of
 from .heads import CosineHead
-from .models import DEFAULT_MAX_LENGTH
+from ..core.models import DEFAULT_MAX_LENGTH
 
 HEAD_LR = 1e-2
 DEFAULT_CACHE_BYTES = 2 << 30  # lower-layer states kept in memory for reuse across epochs

@@ -17,9 +17,10 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from . import __version__, faults
-from .errors import AdapterBankError, BaseMismatchError, DataError, TaskNotFoundError
-from .models import Base
+from .. import __version__
+from .. import faults
+from ..errors import AdapterBankError, BaseMismatchError, DataError, TaskNotFoundError
+from ..core.models import Base
 
 
 class CausalBankMixin:
@@ -28,7 +29,7 @@ class CausalBankMixin:
     # -- base versions --------------------------------------------------------------------------
     @property
     def is_causal(self) -> bool:
-        from .versions import is_versioned
+        from ..store.versions import is_versioned
 
         return is_versioned(self.registry.manifest)
 
@@ -39,7 +40,7 @@ class CausalBankMixin:
 
     def base_versions(self) -> list[dict]:
         """Every base version, oldest first, with its lineage; `current` marks the one in use."""
-        from .versions import all_versions, current_version
+        from ..store.versions import all_versions, current_version
 
         self._require_causal("base versions")
         current = current_version(self.registry.manifest)
@@ -48,14 +49,14 @@ class CausalBankMixin:
 
     @property
     def current_base_version(self) -> str:
-        from .versions import current_version
+        from ..store.versions import current_version
 
         self._require_causal("base versions")
         return current_version(self.registry.manifest)
 
     def base_at(self, version: str) -> Base:
         """A base version, loaded (files checked against bank.json) on first use and kept."""
-        from .versions import load_version, version_record
+        from ..store.versions import load_version, version_record
 
         record = version_record(self.registry.manifest, version)
         if version not in self._versions:
@@ -65,7 +66,7 @@ class CausalBankMixin:
 
     def rollback(self, version: str) -> None:
         """Make an earlier (or later) base version current again. No version's files change."""
-        from .versions import set_current
+        from ..store.versions import set_current
 
         self._require_causal("rollback")
         set_current(self.registry, version)
@@ -73,10 +74,10 @@ class CausalBankMixin:
     # -- training -------------------------------------------------------------------------------
     def _add_clm_task(self, name: str, train, eval, rank: int, epochs: int | None, max_steps: int | None,
                       lr: float | None, batch_size: int, block_size: int, seed: int, progress: bool):
-        from .encoding import pad_id_of
-        from .language_modeling import (DEFAULT_CLM_LR, CLMConfig, router_texts, make_blocks, perplexity,
+        from ..core.encoding import pad_id_of
+        from .training import (DEFAULT_CLM_LR, CLMConfig, router_texts, make_blocks, perplexity,
                                         split_held_out, train_clm)
-        from .routing import class_statistics, save_statistics
+        from ..routing.index import class_statistics, save_statistics
 
         self._require_causal("add-task --objective clm")
         texts, source = _corpus(train)
@@ -122,9 +123,9 @@ class CausalBankMixin:
     # -- routing --------------------------------------------------------------------------------
     def router_features(self, texts: Sequence[str]):
         """The router encoder's features of `texts` (mean pools of its lower layers, as for classification)."""
-        from .backbone import SplitEncoder
-        from .encoding import map_batches, tokenize
-        from .models import load_base
+        from ..core.backbone import SplitEncoder
+        from ..core.encoding import map_batches, tokenize
+        from ..core.models import load_base
 
         if self._router_encoder is None:
             spec = self.registry.manifest["router"]["encoder"]
@@ -143,7 +144,7 @@ class CausalBankMixin:
         return self._route({info.name: info for info in self.tasks()}, texts, *self._router_settings(method, ood_quantile))
 
     def _route(self, records: dict, texts: Sequence[str], method: str, quantile: float):
-        from .routing import Route
+        from ..routing.index import Route
 
         if not records:
             return [Route([], [], in_scope=False) for _ in texts]
@@ -162,7 +163,7 @@ class CausalBankMixin:
         import torch
 
         from .generation import Generation
-        from .routing import Route
+        from ..routing.index import Route
 
         self._require_causal("generate")
         if isinstance(prompts, str):
@@ -211,8 +212,8 @@ class CausalBankMixin:
         of older versions anyway (their updates land on weights they were not trained against).
         `svd_rank`: rank the `svd` method truncates the summed update to (default: the largest module rank)."""
         from .merging import DEFAULT_DENSITY, check_method, lora_deltas, merge_into
-        from .models import fingerprint_model
-        from .versions import save_version
+        from ..core.models import fingerprint_model
+        from ..store.versions import save_version
 
         self._require_causal("merge")
         tasks = list(dict.fromkeys(tasks))
@@ -251,8 +252,8 @@ class CausalBankMixin:
                peft: bool = False) -> Path:
         """Write a plain Hugging Face checkpoint (base version + the task's module merged in), or with
         `peft=True` the module as a PEFT directory. Returns the output directory."""
-        from .export import check_target, merged_model, publish, write_head, write_peft_dir
-        from .versions import version_dir, write_checkpoint
+        from ..export import check_target, merged_model, publish, write_head, write_peft_dir
+        from ..store.versions import version_dir, write_checkpoint
 
         check_target(Path(out))
         info = self.task(task) if task is not None else None
@@ -287,7 +288,7 @@ ROUTER_SAMPLE_BLOCKS = 2000  # blocks per domain the router's statistics are est
 
 
 def _corpus(data) -> tuple[list[str], str]:
-    from .data import load_texts
+    from ..data import load_texts
 
     if isinstance(data, (list, tuple)):
         texts = list(data)

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Sequence
 
 from . import metrics
-from .bank import AdapterBank
-from .errors import AdapterBankError
-from .models import DEFAULT_BASE
+from ..bank import AdapterBank
+from ..errors import AdapterBankError
+from ..core.models import DEFAULT_BASE
 from .scenarios import TaskData
 
 
@@ -55,7 +55,7 @@ def run(tasks: list[TaskData], out_dir: Path, scenario: str = "class", base: str
     from tqdm.auto import tqdm
 
     from . import baselines as baseline_lib
-    from .training import TrainConfig
+    from ..classify.training import TrainConfig
 
     unknown = [b for b in baselines if b not in baseline_lib.BASELINES]
     if unknown:

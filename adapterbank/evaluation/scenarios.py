@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .data import SUPPORTED_SUFFIXES, Dataset, check_label_count, load_dataset
-from .errors import DataError, InvalidNameError
-from .registry import validate_task_name
+from ..data import SUPPORTED_SUFFIXES, Dataset, check_label_count, load_dataset
+from ..errors import DataError, InvalidNameError
+from ..store.registry import validate_task_name
 
 SCENARIOS = ("class", "task", "domain")
 DEFAULT_TASKS = 5

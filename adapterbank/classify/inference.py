@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from .adapters import prompt as prompt_kind
-from .backbone import LowerPass, SplitEncoder
-from .encoding import mean_pool
-from .errors import BankError
+from ..kinds import prompt as prompt_kind
+from ..core.backbone import LowerPass, SplitEncoder
+from ..core.encoding import mean_pool
+from ..errors import BankError
 from .heads import CosineHead
 
 DEFAULT_CACHE_SIZE = 64

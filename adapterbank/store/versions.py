@@ -15,8 +15,8 @@ import shutil
 import uuid
 from pathlib import Path
 
-from . import faults
-from .errors import BankError, IntegrityError
+from .. import faults
+from ..errors import BankError, IntegrityError
 from .registry import Registry, fsync_dir, utc_now, sha256_file
 
 BASES = "bases"
@@ -87,7 +87,7 @@ def save_version(registry: Registry, model, tokenizer, fingerprint: str, lineage
 
 def write_checkpoint(directory: Path, model, tokenizer) -> dict[str, str]:
     """Save a plain Hugging Face checkpoint (safetensors weights, JSON config, tokenizer); {file: sha256}."""
-    from .models import quiet_transformers
+    from ..core.models import quiet_transformers
 
     with quiet_transformers():
         model.save_pretrained(str(directory), safe_serialization=True)
@@ -147,7 +147,7 @@ def load_version(registry: Registry, version: str, device="cpu"):
 
     import torch
 
-    from .models import quiet_transformers
+    from ..core.models import quiet_transformers
 
     check_version_files(registry, version)
     directory = str(version_dir(registry, version))
