@@ -1,166 +1,73 @@
-"""The baselines a continual-learning run is compared with: same base model, same training budget.
-
-- `joint`: one module trained on every task's data at once (the usual upper bound);
-- `seqlora`: one LoRA module fine-tuned through the tasks in order, its head growing with the labels
-  (shows catastrophic forgetting);
-- `ncm`: the frozen base's mean-pooled embeddings and the nearest class mean (no training at all).
-
-Each returns accuracies per (stage, task) in the same shape as the bank's accuracy matrix. Test texts
-are scored over the labels seen so far, or over their own task's labels when the task id is given.
+"""The baselines a continual-learning run is compared with: a registry, each entry one function over
+what the run shares (the tasks, the base, the training config). What they compute is in
+baseline_models.py, imported when a run starts, so listing the baselines (the CLI's help) loads no model.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable
 
-import torch
+from . import metrics
+class Shared:
+    """What several baselines reuse within one run (a baseline_models.Setting and what is derived from
+    it), computed on first use."""
 
-from ..core.backbone import SplitEncoder
-from ..core.encoding import length_batches, map_batches, mean_pool, tokenize
-from ..core.models import Base
-from .scenarios import TaskData
-from ..classify.training import DEFAULT_CACHE_BYTES, LowerStates, TrainConfig, TrainedModule, train_classifier
-
-BASELINES = ("joint", "seqlora", "ncm")
-
-
-@dataclass
-class Setting:
-    """What every baseline shares: the tasks in order, the label universe, how texts are scored."""
-
-    tasks: list[TaskData]
-    base: Base
-    upper_layers: int
-    config: TrainConfig
-    task_given: bool  # task-incremental: score each text over its own task's labels only
-    progress: bool = True
-
-    def __post_init__(self):
-        self.labels = list(dict.fromkeys(label for task in self.tasks for label in task.labels))
-        self.index = {label: i for i, label in enumerate(self.labels)}
-        # labels seen after each stage form a prefix of `labels` (they are listed in task order)
-        self.seen = [len(dict.fromkeys(label for task in self.tasks[: i + 1] for label in task.labels))
-                     for i in range(len(self.tasks))]
-        self.device = next(self.base.model.parameters()).device
-
-    def targets(self, data) -> list[int]:
-        return [self.index[label] for label in data.targets]
-
-    def own_labels(self, task: int) -> torch.Tensor:
-        """Mask over the label universe: the labels of task `task`."""
-        keep = torch.zeros(len(self.labels), dtype=torch.bool)
-        keep[[self.index[label] for label in self.tasks[task].labels]] = True
-        return keep
-
-    def accuracy(self, logits: torch.Tensor, task: int, allowed: int, own_only: bool | None = None) -> float:
-        """Accuracy on task `task`'s test texts, over the first `allowed` labels, or over its own labels
-        (`own_only`, by default when the task id is given)."""
-        scores = logits.float().clone()
-        if self.task_given if own_only is None else own_only:
-            keep = self.own_labels(task)
-        else:
-            keep = torch.arange(len(self.labels)) < allowed
-        scores[:, ~keep[: scores.shape[1]]] = -torch.inf
-        gold = torch.tensor(self.targets(self.tasks[task].test))
-        return float((scores.argmax(-1) == gold).float().mean())
-
-
-class TestStates:
-    """The frozen lower pass over each task's test texts, computed once and reused by every stage."""
-
-    def __init__(self, setting: Setting):
-        split = SplitEncoder(setting.base.model, setting.upper_layers)
+    def __init__(self, setting: Any):
         self.setting = setting
-        self.per_task = [LowerStates(split, setting.base.tokenizer, tokenize(setting.base.tokenizer, task.test.texts),
-                                     setting.device, DEFAULT_CACHE_BYTES) for task in setting.tasks]
 
-    def logits(self, trained: TrainedModule, task: int) -> torch.Tensor:
-        split = SplitEncoder(trained.peft_model.base_model.model, self.setting.upper_layers)
-        lower = self.per_task[task]
-        rows: list[torch.Tensor | None] = [None] * len(lower.token_ids)
-        with torch.no_grad():
-            for batch in length_batches(lower.token_ids, 64):
-                hidden, mask = lower.batch(batch)
-                for i, row in zip(batch, trained.head(mean_pool(split.upper(hidden, mask), mask)).cpu()):
-                    rows[i] = row
-        return torch.stack(rows)
+    @functools.cached_property
+    def embeddings(self):
+        from .baseline_models import FrozenEmbeddings
 
+        return FrozenEmbeddings(self.setting)
 
-def _train(setting: Setting, data, n_classes: int, description: str, resume: TrainedModule | None = None) -> TrainedModule:
-    base = setting.base
-    ids = tokenize(base.tokenizer, data.texts, setting.config.max_length)
-    return train_classifier(base.model, base.tokenizer, ids, setting.targets(data), n_classes, setting.config,
-                            upper_layers=setting.upper_layers, progress=setting.progress, description=description,
-                            resume=resume)
+    @functools.cached_property
+    def test_states(self):
+        from .baseline_models import TestStates
+
+        return TestStates(self.setting)
+
+    @functools.cached_property
+    def zero_training(self) -> list[float]:
+        from .baseline_models import zero_training
+
+        return zero_training(self.setting, self.embeddings)
 
 
-def joint(setting: Setting, test: TestStates) -> list[float]:
-    """Per-task accuracy of one module trained on the union of every task's training data."""
-    from ..data import Dataset
-
-    union = Dataset([t for task in setting.tasks for t in task.train.texts],
-                    [y for task in setting.tasks for y in task.train.targets], source="joint")
-    trained = _train(setting, union, len(setting.labels), "baseline joint")
-    return [setting.accuracy(test.logits(trained, j), j, len(setting.labels)) for j in range(len(setting.tasks))]
+@dataclass(frozen=True)
+class Baseline:
+    name: str
+    summary: str
+    run: Callable[[Shared], dict]
 
 
-def seqlora(setting: Setting, test: TestStates, on_stage: Callable[[int], None] | None = None) -> list[list[float | None]]:
-    """Accuracy matrix of one LoRA fine-tuned on each task in turn (tasks 0..i+1 measured after stage i)."""
-    size = len(setting.tasks)
-    matrix: list[list[float | None]] = [[None] * size for _ in range(size)]
-    trained = None
-    for i, task in enumerate(setting.tasks):
-        trained = _train(setting, task.train, setting.seen[i], f"baseline seqlora {i + 1}/{size}", resume=trained)
-        for j in range(min(i + 2, size)):
-            matrix[i][j] = setting.accuracy(test.logits(trained, j), j, setting.seen[i])
-        if on_stage:
-            on_stage(i)
-    return matrix
+def _joint(shared: Shared) -> dict:
+    from .baseline_models import joint
+
+    per_task = joint(shared.setting, shared.test_states)
+    return {"average_accuracy": sum(per_task) / len(per_task), "bwt": None, "forgetting": None, "per_task_accuracy": per_task}
 
 
-class FrozenEmbeddings:
-    """Mean-pooled last-layer embeddings of the frozen base for every task's train and test texts."""
-
-    def __init__(self, setting: Setting):
-        base = setting.base
-
-        def embed(texts: Sequence[str]) -> torch.Tensor:
-            ids = tokenize(base.tokenizer, texts, setting.config.max_length)
-            forward: Callable = lambda input_ids, mask: mean_pool(  # noqa: E731
-                base.model(input_ids=input_ids, attention_mask=mask).last_hidden_state, mask)
-            return torch.nn.functional.normalize(map_batches(forward, ids, base.tokenizer, setting.device).float(), dim=-1)
-
-        self.train = [embed(task.train.texts) for task in setting.tasks]
-        self.test = [embed(task.test.texts) for task in setting.tasks]
+def _matrix(matrix: list[list[float | None]], shared: Shared) -> dict:
+    return {**metrics.summary(matrix, shared.zero_training), "accuracy_matrix": matrix}
 
 
-def _class_means(setting: Setting, embeddings: FrozenEmbeddings, tasks: Sequence[int]) -> torch.Tensor:
-    dim = embeddings.train[0].shape[1]
-    sums, counts = torch.zeros(len(setting.labels), dim), torch.zeros(len(setting.labels))
-    for j in tasks:
-        rows = torch.tensor(setting.targets(setting.tasks[j].train))
-        sums.index_add_(0, rows, embeddings.train[j])
-        counts += torch.bincount(rows, minlength=len(setting.labels)).float()
-    means = torch.nn.functional.normalize(sums / counts.clamp_min(1).unsqueeze(1), dim=-1)
-    return means.masked_fill((counts == 0).unsqueeze(1), 0.0)
+def _seqlora(shared: Shared) -> dict:
+    from .baseline_models import seqlora
+
+    return _matrix(seqlora(shared.setting, shared.test_states), shared)
 
 
-def ncm(setting: Setting, embeddings: FrozenEmbeddings) -> list[list[float | None]]:
-    """Accuracy matrix of the nearest class mean over the labels seen so far (cosine, frozen embeddings)."""
-    size = len(setting.tasks)
-    matrix: list[list[float | None]] = [[None] * size for _ in range(size)]
-    for i in range(size):
-        means = _class_means(setting, embeddings, range(i + 1))
-        for j in range(min(i + 2, size)):
-            logits = embeddings.test[j] @ means.T
-            logits[:, setting.seen[i]:] = -torch.inf  # unseen labels: no mean yet
-            matrix[i][j] = setting.accuracy(logits, j, setting.seen[i])
-    return matrix
+def _ncm(shared: Shared) -> dict:
+    from .baseline_models import ncm
+
+    return _matrix(ncm(shared.setting, shared.embeddings), shared)
 
 
-def zero_training(setting: Setting, embeddings: FrozenEmbeddings) -> list[float]:
-    """Each task's score with no gradient step: the nearest class mean within the task, on the frozen
-    base (the reference `b` of forward transfer)."""
-    return [setting.accuracy(embeddings.test[j] @ _class_means(setting, embeddings, [j]).T, j, 0, own_only=True)
-            for j in range(len(setting.tasks))]
+BASELINES: dict[str, Baseline] = {b.name: b for b in (
+    Baseline("joint", "one module trained on every task at once (the usual upper bound)", _joint),
+    Baseline("seqlora", "one module fine-tuned through the tasks in order (catastrophic forgetting)", _seqlora),
+    Baseline("ncm", "frozen embeddings, nearest class mean over the labels seen so far (no training)", _ncm),
+)}

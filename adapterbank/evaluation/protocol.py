@@ -4,7 +4,8 @@ After learning task i, every test text of tasks 0..i (and of task i+1, for forwa
 predicted through `AdapterBank.predict` without the task id (class and domain scenarios) or with it
 (task scenario), every text answered (no out-of-scope rejection: the label sets are closed here).
 R[i][j] is the accuracy on task j. The oracle (task id given) and the routing accuracy are measured
-after the last task. Baselines (baselines.py) run on the same base, data and training budget.
+after the last task. Baselines (baselines.py, a registry) run on the same base, data, training budget
+and module kind.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from . import metrics
 from ..bank import AdapterBank
-from ..errors import AdapterBankError
 from ..core.models import DEFAULT_BASE
+from ..errors import AdapterBankError
+from . import metrics
 from .scenarios import TaskData
 
 
@@ -51,15 +52,17 @@ def run(tasks: list[TaskData], out_dir: Path, scenario: str = "class", base: str
         seed: int = 0, baselines: Sequence[str] = ("joint", "seqlora", "ncm"), device: str = "auto",
         progress: bool = True, bank_dir: Path | None = None) -> dict:
     """Run the protocol on a fresh bank at `bank_dir` (default `out_dir/bank`, kept for inspection).
-    Returns the results (see report.py); nothing is written to `out_dir` here."""
+    Returns the results (see report.py); the report files are written by `report.write`."""
     from tqdm.auto import tqdm
 
+    from ..classify.config import ClassificationConfig
     from . import baselines as baseline_lib
-    from ..classify.training import TrainConfig
+    from .baseline_models import Setting
 
     unknown = [b for b in baselines if b not in baseline_lib.BASELINES]
     if unknown:
         raise AdapterBankError(f"unknown baseline {unknown[0]!r}; choose from: {', '.join(baseline_lib.BASELINES)}")
+    config = ClassificationConfig(kind=kind, seed=seed)  # the bank's tasks and the trained baselines alike
     started = time.perf_counter()
     bank = AdapterBank.create(bank_dir or Path(out_dir) / "bank", base=base, device=device)
     task_given = scenario == "task"
@@ -68,7 +71,7 @@ def run(tasks: list[TaskData], out_dir: Path, scenario: str = "class", base: str
     stages, final = [], {}
     for i, task in enumerate(tqdm(tasks, desc="eval: adding tasks", unit="task", disable=not progress)):
         t0 = time.perf_counter()
-        bank.add_task(task.name, task.train, kind=kind, seed=seed, progress=progress)
+        bank.add_task(task.name, task.train, config=config, progress=progress)
         t1 = time.perf_counter()
         final = _predict_tasks(bank, tasks, range(min(i + 2, size)), task_given, learned=i)
         for j, predictions in final.items():
@@ -92,24 +95,15 @@ def run(tasks: list[TaskData], out_dir: Path, scenario: str = "class", base: str
         routing = right / total
 
     t0 = time.perf_counter()
-    setting = baseline_lib.Setting(tasks, bank.base, bank.upper_layers, TrainConfig(kind="lora", seed=seed),
-                                   task_given=task_given, progress=progress)
-    embeddings = baseline_lib.FrozenEmbeddings(setting)
-    zero = baseline_lib.zero_training(setting, embeddings)
+    setting = Setting(tasks, bank.base, bank.upper_layers, config, task_given=task_given, progress=progress)
+    shared = baseline_lib.Shared(setting)
+    zero = shared.zero_training
     # frozen_embeddings_s: the frozen base's embeddings shared by FWT's reference and the ncm baseline
     wall = {"bank_s": round(t0 - started, 1), "frozen_embeddings_s": round(time.perf_counter() - t0, 1)}
     results_baselines: dict[str, dict] = {}
-    test_states = baseline_lib.TestStates(setting) if {"joint", "seqlora"} & set(baselines) else None
     for name in baselines:
         b0 = time.perf_counter()
-        if name == "joint":
-            per_task = baseline_lib.joint(setting, test_states)
-            results_baselines["joint"] = {"average_accuracy": sum(per_task) / size, "bwt": None, "forgetting": None,
-                                          "per_task_accuracy": per_task}
-        else:
-            base_matrix = (baseline_lib.seqlora(setting, test_states) if name == "seqlora"
-                           else baseline_lib.ncm(setting, embeddings))
-            results_baselines[name] = {**metrics.summary(base_matrix, zero), "accuracy_matrix": base_matrix}
+        results_baselines[name] = baseline_lib.BASELINES[name].run(shared)
         results_baselines[name]["wall_s"] = round(time.perf_counter() - b0, 1)
         wall[f"{name}_s"] = results_baselines[name]["wall_s"]
     wall["total_s"] = round(time.perf_counter() - started, 1)

@@ -1,5 +1,6 @@
-"""Versioned bases of a causal-LM bank: `bases/v0` is the model the bank was created over, each merge
-adds the next version. A version is a plain Hugging Face checkpoint (config, tokenizer, safetensors).
+"""Versioned bases of a causal-LM bank on disk: `bases/v0` is the model the bank was created over, each
+merge adds the next version. A version is a plain Hugging Face checkpoint (config, tokenizer, safetensors),
+written by the caller's `write(directory)`; this module never loads a model.
 
 `bank.json` is the list of versions: each entry holds the sha256 of its files, a fingerprint of its
 weights, and its lineage (parent version, merged modules, method, weights, date). A version exists only
@@ -10,22 +11,16 @@ into place but never listed is an orphan, removed by the next merge). Rolling ba
 
 from __future__ import annotations
 
-import os
 import shutil
-import uuid
 from pathlib import Path
+from typing import Callable
 
 from .. import faults
 from ..errors import BankError, IntegrityError
-from .registry import Registry, fsync_dir, utc_now, sha256_file
+from .files import fsync_dir, hash_files, sha256_file, staging_dir, sweep, utc_now
+from .registry import Registry
 
 BASES = "bases"
-_TEMP_PREFIX = ".tmp-"
-
-
-def is_versioned(manifest: dict) -> bool:
-    """Causal-LM banks keep versioned bases; classification banks use their base as loaded."""
-    return "base_versions" in manifest
 
 
 def all_versions(manifest: dict) -> list[dict]:
@@ -44,28 +39,37 @@ def version_record(manifest: dict, version: str) -> dict:
     raise BankError(f"no base version {version!r} in this bank (versions: {known})")
 
 
-def version_dir(registry: Registry, version: str) -> Path:
-    return registry.root / BASES / version
+def version_dir(root: Path, version: str) -> Path:
+    return Path(root) / BASES / version
 
 
-def save_version(registry: Registry, model, tokenizer, fingerprint: str, lineage: dict, make_current: bool = True) -> dict:
-    """Write `model` + `tokenizer` as the next base version and list it in bank.json (atomic: the files
-    are written to a temp dir, renamed to `bases/vN`, and only then listed)."""
+def first_version(root: Path, write: Callable[[Path], None], fingerprint: str, source: str) -> dict:
+    """Write `bases/v0` under a bank being created (`root` is still its staging directory); the
+    bank.json fields that list it."""
+    directory = version_dir(root, "v0")
+    directory.mkdir(parents=True)
+    write(directory)
+    record = {"version": "v0", "fingerprint": fingerprint, "created_at": utc_now(), "lineage": {"source": source},
+              "files": hash_files(directory)}
+    return {"base_versions": [record], "current_base": "v0"}
+
+
+def publish_version(registry: Registry, write: Callable[[Path], None], fingerprint: str, lineage: dict) -> dict:
+    """Write the next base version with `write(directory)`, list it in bank.json and make it current
+    (atomic: the files go to a temp dir, renamed to `bases/vN` under the lock, and only then listed)."""
     bases = registry.root / BASES
     bases.mkdir(exist_ok=True)
-    _remove_dead_temps(bases)
-    staging = bases / f"{_TEMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        files = write_checkpoint(staging, model, tokenizer)
+    sweep(bases)
+    with staging_dir(bases, "version") as staging:
+        write(staging)
+        files = hash_files(staging)
         faults.point("base-saved")
         with registry.lock():
-            registry.manifest = Registry.open(registry.root).manifest  # another writer may have added one
-            listed = {r["version"] for r in all_versions(registry.manifest)}
-            version = f"v{len(listed)}"
+            version = f"v{len(all_versions(registry.manifest))}"  # another writer may have listed one since
             target = bases / version
             if target.exists():  # an orphan of a merge that died before listing it
                 shutil.rmtree(target)
-            os.rename(staging, target)
+            staging.rename(target)
             fsync_dir(bases)
             faults.point("base-renamed")
             record = {"version": version, "fingerprint": fingerprint, "created_at": utc_now(), "lineage": lineage,
@@ -73,33 +77,12 @@ def save_version(registry: Registry, model, tokenizer, fingerprint: str, lineage
 
             def add(manifest: dict) -> dict:
                 manifest["base_versions"] = [*manifest.get("base_versions", []), record]
-                if make_current:
-                    manifest["current_base"] = version
+                manifest["current_base"] = version
                 return manifest
 
             registry.update_manifest(add)
             faults.point("version-listed")
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return record
-
-
-def write_checkpoint(directory: Path, model, tokenizer) -> dict[str, str]:
-    """Save a plain Hugging Face checkpoint (safetensors weights, JSON config, tokenizer); {file: sha256}."""
-    from ..core.models import quiet_transformers
-
-    with quiet_transformers():
-        model.save_pretrained(str(directory), safe_serialization=True)
-        tokenizer.save_pretrained(str(directory))
-    return {p.name: sha256_file(p) for p in sorted(Path(directory).iterdir()) if p.is_file()}
-
-
-def first_version(directory: Path, model, tokenizer, fingerprint: str, source: str) -> dict:
-    """Write `bases/v0` under a bank being created; its bank.json entry."""
-    files = write_checkpoint(Path(directory) / BASES / "v0", model, tokenizer)
-    return {"version": "v0", "fingerprint": fingerprint, "created_at": utc_now(), "lineage": {"source": source},
-            "files": files}
 
 
 def set_current(registry: Registry, version: str) -> dict:
@@ -116,7 +99,7 @@ def set_current(registry: Registry, version: str) -> dict:
 def check_version_files(registry: Registry, version: str) -> None:
     """Every file of a version matches the sha256 bank.json lists, and nothing else is there."""
     record = version_record(registry.manifest, version)
-    directory = version_dir(registry, version)
+    directory = version_dir(registry.root, version)
     if not directory.is_dir():
         raise IntegrityError(f"{directory}: missing")
     for name, digest in record["files"].items():
@@ -131,7 +114,7 @@ def check_version_files(registry: Registry, version: str) -> None:
 
 
 def verify_versions(registry: Registry) -> list[str]:
-    """Problems with any listed base version's files (one line each); empty when all match bank.json."""
+    """Problems with the listed base versions' files (one line each); empty when all match bank.json."""
     problems = []
     for record in all_versions(registry.manifest):
         try:
@@ -141,29 +124,12 @@ def verify_versions(registry: Registry) -> list[str]:
     return problems
 
 
-def load_version(registry: Registry, version: str, device="cpu"):
-    """(model, tokenizer) of a base version, after checking its files against bank.json."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    import torch
-
-    from ..core.models import quiet_transformers
-
-    check_version_files(registry, version)
-    directory = str(version_dir(registry, version))
-    with quiet_transformers():
-        tokenizer = AutoTokenizer.from_pretrained(directory)
-        model = AutoModelForCausalLM.from_pretrained(directory, use_safetensors=True, dtype=torch.float32)
-    model.requires_grad_(False)
-    model.eval()
-    return model.to(device), tokenizer
-
-
-def _remove_dead_temps(bases: Path) -> None:
-    from .registry import pid_alive
-
-    for entry in bases.iterdir():
-        if entry.name.startswith(_TEMP_PREFIX):
-            pid = entry.name[len(_TEMP_PREFIX):].split("-")[0]
-            if pid.isdigit() and not pid_alive(int(pid)):
-                shutil.rmtree(entry, ignore_errors=True)
+def unlisted_versions(registry: Registry) -> list[str]:
+    """Version directories bank.json does not list: a merge killed after its rename (never read; the
+    next merge removes it)."""
+    bases = registry.root / BASES
+    if not bases.is_dir():
+        return []
+    names = {record["version"] for record in all_versions(registry.manifest)}
+    return [f"{entry}: base version directory not listed in bank.json (an interrupted merge; the next merge removes it)"
+            for entry in sorted(bases.iterdir()) if not entry.name.startswith(".") and entry.name not in names]
