@@ -7,7 +7,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .models import DEFAULT_MAX_LENGTH
+from . import DEFAULT_MAX_LENGTH
 
 
 def tokenize(tokenizer, texts: Sequence[str], max_length: int = DEFAULT_MAX_LENGTH) -> list[list[int]]:
@@ -53,6 +53,17 @@ def pad_id_of(tokenizer) -> int:
         if candidate is not None:
             return candidate
     return 0
+
+
+def pad_states(states: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad per-text [len, H] states into [B, L, H] plus the 0/1 mask."""
+    longest = max(s.shape[0] for s in states)
+    hidden = states[0].new_zeros(len(states), longest, states[0].shape[1])
+    mask = torch.zeros(len(states), longest, dtype=torch.long, device=states[0].device)
+    for row, s in enumerate(states):
+        hidden[row, : s.shape[0]] = s
+        mask[row, : s.shape[0]] = 1
+    return hidden, mask
 
 
 @torch.no_grad()

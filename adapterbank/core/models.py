@@ -1,4 +1,5 @@
-"""Loading the frozen base model: packaged offline defaults, local directories and hub ids, plus its fingerprint."""
+"""Loading frozen base models (packaged offline defaults, local directories, hub ids, GGUF files), their
+fingerprints, the one fingerprint check, and plain Hugging Face checkpoints on disk."""
 
 from __future__ import annotations
 
@@ -10,10 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import AdapterBankError, ModelNotFoundError
+from ..errors import AdapterBankError, BaseMismatchError, ModelNotFoundError
 
 DEFAULT_BASE = "sentence-transformers/all-MiniLM-L6-v2"
-DEFAULT_MAX_LENGTH = 128  # tokens per text; longer texts are truncated
 # Short names and hub ids that resolve to a model shipped inside a pip package (no network needed).
 _PACKAGED_ALIASES = {"minilm", "all-minilm-l6-v2", DEFAULT_BASE.lower()}
 DEFAULT_CAUSAL_BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # torch is imported where it is used, so commands that need n
 
 @dataclass
 class Base:
-    """A loaded base: the recorded id, the directory it loaded from, the model and its tokenizer."""
+    """A loaded, frozen base: the id bank.json records, the model, its tokenizer and its fingerprint."""
 
     model_id: str
     model: "torch.nn.Module"
@@ -186,6 +186,38 @@ def load_base(spec: str, device: "str | torch.device" = "cpu") -> Base:
     model.eval()
     fingerprint = fingerprint_model(model)
     return Base(model_id=model_id, model=model.to(device), tokenizer=tokenizer, fingerprint=fingerprint)
+
+
+def load_verified(spec: str, device: "str | torch.device", expected: str | None, what: str, against: str) -> Base:
+    """`load_base`, refusing a model whose fingerprint is not `expected`: modules and router statistics
+    only mean something on the exact model they were made with. `what` names the model in the message
+    (`base model`, `router encoder`), `against` what it should match."""
+    loaded = load_base(spec, device)
+    if loaded.fingerprint != expected:
+        raise BaseMismatchError(f"{what} {spec!r} does not match {against} (fingerprint {loaded.fingerprint[:19]} != "
+                                f"{str(expected)[:19]}); a bank's modules only work on the exact model they were trained on")
+    return loaded
+
+
+def save_checkpoint(directory: Path, model, tokenizer) -> None:
+    """A plain Hugging Face checkpoint: safetensors weights, JSON config, tokenizer files."""
+    with quiet_transformers():
+        model.save_pretrained(str(directory), safe_serialization=True)
+        tokenizer.save_pretrained(str(directory))
+
+
+def load_causal_checkpoint(directory: Path, device: "str | torch.device" = "cpu"):
+    """(model, tokenizer) of a causal-LM checkpoint written by `save_checkpoint` (safetensors only), frozen."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import torch
+
+    with quiet_transformers():
+        tokenizer = AutoTokenizer.from_pretrained(str(directory))
+        model = AutoModelForCausalLM.from_pretrained(str(directory), use_safetensors=True, dtype=torch.float32)
+    model.requires_grad_(False)
+    model.eval()
+    return model.to(device), tokenizer
 
 
 def _looks_like_path(spec: str) -> bool:

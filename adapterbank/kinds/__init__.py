@@ -1,31 +1,8 @@
-"""Adapter kinds. Each module builds the PEFT config for training and applies a saved module at inference.
+"""Adapter kinds: one module per kind, collected in the KINDS registry (see base.py for what a kind declares)."""
 
-Kind modules import PEFT, so they are loaded on first use: validating a kind name stays cheap.
-"""
+from . import lora, prompt  # noqa: F401  (each registers its kind)
+from .base import (DEFAULT_KIND, KINDS, Kind, build_config, get_kind, merged_model, quiet_peft, resolve_params, save_module,
+                   write_peft_dir)
 
-import contextlib
-import importlib
-import warnings
-
-KINDS = ("lora", "prompt")
-
-
-def check_kind(kind: str) -> str:
-    from ..errors import AdapterBankError
-
-    if kind not in KINDS:
-        raise AdapterBankError(f"unknown module kind {kind!r}; choose one of: {', '.join(KINDS)}")
-    return kind
-
-
-def kind_module(kind: str):
-    """The module (adapters.lora or adapters.prompt) implementing `kind`."""
-    return importlib.import_module(f"{__name__}.{check_kind(kind)}")
-
-
-@contextlib.contextmanager
-def quiet_peft():
-    """PEFT calls a transformers API that transformers has deprecated; keep that noise off users' screens."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        yield
+__all__ = ["DEFAULT_KIND", "KINDS", "Kind", "build_config", "get_kind", "merged_model", "quiet_peft", "resolve_params",
+           "save_module", "write_peft_dir"]

@@ -1,46 +1,48 @@
-"""Prompt tuning: learned virtual-token embeddings prepended to the input, trained and stored by PEFT.
+"""Prompt tuning: learned virtual-token embeddings put before the input, trained and stored by PEFT.
 
-PEFT does not batch different soft prompts together, so inference applies the stored prompt tensor here,
-with exactly PEFT's semantics (prompt before the first token, attention mask of ones over it).
+PEFT does not batch different soft prompts together, so inference applies the stored prompt tensor
+itself, with exactly PEFT's semantics (prompt before the first token, attention mask of ones over it).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
-import torch
-from peft import PromptTuningConfig, PromptTuningInit, TaskType
-from safetensors.torch import load_file
-
-DEFAULT_LR = 3e-2
-DEFAULT_VIRTUAL_TOKENS = 16
-WEIGHTS = "adapter_model.safetensors"
+from ..settings import setting
+from .base import Kind, register
 
 
-def make_config(model, virtual_tokens: int = DEFAULT_VIRTUAL_TOKENS, **_) -> PromptTuningConfig:
-    """Soft prompt initialised from randomly sampled vocabulary embeddings (same scale as real tokens)."""
-    return PromptTuningConfig(
-        task_type=TaskType.FEATURE_EXTRACTION,
-        num_virtual_tokens=virtual_tokens,
-        prompt_tuning_init=PromptTuningInit.SAMPLE_VOCAB,
-    )
+@dataclasses.dataclass(frozen=True)
+class PromptParams:
+    virtual_tokens: int = setting(16, "Prompt tuning: number of virtual tokens.", above=0, integer=True)
 
 
-def hyperparameters(config: PromptTuningConfig) -> dict:
-    return {"virtual_tokens": config.num_virtual_tokens, "init": str(config.prompt_tuning_init.value)}
+@register
+class PromptTuning(Kind):
+    name = "prompt"
+    summary = "a learned soft prompt before the input (PEFT prompt tuning)"
+    peft_type = "PROMPT_TUNING"
+    Params = PromptParams
+    default_lr = 3e-2
+    families = ("classifier",)
+    batching = "prefix"
+    merges_into_weights = False
 
+    def peft_config(self, model, params: PromptParams, layers=None, causal: bool = False):
+        """Soft prompt initialised from randomly sampled vocabulary embeddings (same scale as real tokens)."""
+        from peft import PromptTuningConfig, PromptTuningInit, TaskType
 
-def load_prompt(task_dir: Path) -> torch.Tensor:
-    """The [virtual_tokens, hidden] prompt matrix PEFT saved."""
-    return load_file(str(Path(task_dir) / WEIGHTS))["prompt_embeddings"]
+        return PromptTuningConfig(task_type=TaskType.CAUSAL_LM if causal else TaskType.FEATURE_EXTRACTION,
+                                  num_virtual_tokens=params.virtual_tokens, prompt_tuning_init=PromptTuningInit.SAMPLE_VOCAB)
 
+    def hyperparameters(self, config) -> dict:
+        return {"virtual_tokens": config.num_virtual_tokens, "init": str(config.prompt_tuning_init.value)}
 
-def encode_with_prompts(model, prompts: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Hidden states of the real tokens after running `model` with row i's prompt `prompts[i]`
-    ([B, virtual, hidden]) prepended: different tasks' prompts share one batch."""
-    embeddings = model.get_input_embeddings()(input_ids)
-    batch, virtual = input_ids.shape[0], prompts.shape[1]
-    prefix = prompts.to(embeddings.dtype)
-    full_mask = torch.cat([torch.ones(batch, virtual, dtype=mask.dtype, device=mask.device), mask], dim=1)
-    hidden = model(inputs_embeds=torch.cat([prefix, embeddings], dim=1), attention_mask=full_mask).last_hidden_state
-    return hidden[:, virtual:]
+    def reserved_positions(self, params: PromptParams) -> int:
+        return params.virtual_tokens
+
+    def load_prefix(self, task_dir: Path):
+        from safetensors.torch import load_file
+
+        return load_file(str(Path(task_dir) / "adapter_model.safetensors"))["prompt_embeddings"]

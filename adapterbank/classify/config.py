@@ -1,0 +1,43 @@
+"""How a classification task's module is trained: one dataclass, each default defined here once.
+
+task.json stores it (`config`, as `dataclasses.asdict` gives it) beside the resolved values
+(`hyperparameters`); `adapterbank show` prints both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+from ..core import DEFAULT_MAX_LENGTH
+from ..kinds import DEFAULT_KIND, get_kind, resolve_params
+from ..settings import check, setting
+
+HEAD_LR = 1e-2  # the cosine head's peak learning rate, whatever the kind
+
+
+@dataclasses.dataclass
+class ClassificationConfig:
+    objective: ClassVar[str] = "classification"
+    MIN_STEPS: ClassVar[int] = 120  # default epochs give about this many optimizer steps (3 to 20 epochs)
+
+    kind: str = setting(DEFAULT_KIND, "Module kind.")
+    params: Any = None  # the kind's hyper-parameters (its Params dataclass); None: the kind's defaults
+    epochs: int | None = setting(None, "Training epochs; default: enough for about 120 steps (3 to 20).", above=0, integer=True)
+    lr: float | None = setting(None, "Peak learning rate (one-cycle schedule); default: the kind's.", above=0)
+    batch_size: int = setting(32, "Training batch size.", above=0, integer=True)
+    seed: int = setting(0, "Random seed (same seed, same module).")
+    max_length: int = setting(DEFAULT_MAX_LENGTH, "Tokens per text; longer texts are truncated.", above=0, integer=True)
+
+    def __post_init__(self) -> None:
+        self.params = resolve_params(get_kind(self.kind, "classifier"), self.params)
+        check(self)
+
+    def resolved_epochs(self, n_examples: int) -> int:
+        if self.epochs is not None:
+            return self.epochs
+        steps_per_epoch = -(-n_examples // self.batch_size)
+        return max(3, min(20, -(-self.MIN_STEPS // steps_per_epoch)))
+
+    def resolved_lr(self) -> float:
+        return self.lr if self.lr is not None else get_kind(self.kind).default_lr

@@ -1,0 +1,58 @@
+"""Settings as data: dataclass fields that carry their help text and their valid range.
+
+Training configurations, adapter kinds' hyper-parameters and merge parameters are dataclasses whose
+fields are declared with `setting(...)`. The declaration is the single place a default, its help
+and its bounds live: `check` validates an instance (finite numbers within bounds, for the Python API
+and the CLI alike) and the CLI reads help and defaults from the same fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from .errors import AdapterBankError
+
+
+def setting(default: Any, help: str, *, above: float | None = None, minimum: float | None = None,  # noqa: A002
+            maximum: float | None = None, integer: bool = False) -> Any:
+    """A dataclass field with its help and bounds: `above` (exclusive), `minimum`/`maximum` (inclusive).
+    None as a value always passes: it means "the default, resolved later"."""
+    return dataclasses.field(default=default, metadata={"help": help, "above": above, "minimum": minimum,
+                                                        "maximum": maximum, "integer": integer})
+
+
+def check(instance: Any) -> Any:
+    """Raise AdapterBankError naming the first field whose value is not a finite number within its bounds."""
+    for f in dataclasses.fields(instance):
+        meta, value = f.metadata, getattr(instance, f.name)
+        if value is None or not any(meta.get(key) is not None for key in ("above", "minimum", "maximum")):
+            continue
+        check_number(f.name, value, above=meta["above"], minimum=meta["minimum"], maximum=meta["maximum"],
+                     integer=meta["integer"])
+    return instance
+
+
+def check_number(name: str, value: Any, *, above: float | None = None, minimum: float | None = None,
+                 maximum: float | None = None, integer: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+        raise AdapterBankError(f"{name} must be {'an integer' if integer else 'a number'}, got {value!r}")
+    if not math.isfinite(value):
+        raise AdapterBankError(f"{name} must be a finite number, got {value}")
+    if above == 0 and value <= 0:
+        raise AdapterBankError(f"{name} must be positive, got {value}")
+    if above is not None and value <= above:
+        raise AdapterBankError(f"{name} must be greater than {above}, got {value}")
+    if minimum is not None and value < minimum:
+        raise AdapterBankError(f"{name} must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise AdapterBankError(f"{name} must be at most {maximum}, got {value}")
+
+
+def field_help(cls: type, name: str) -> str:
+    return next(f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name == name)
+
+
+def field_default(cls: type, name: str) -> Any:
+    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
