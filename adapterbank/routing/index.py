@@ -1,16 +1,10 @@
-"""Choosing which task's module answers a text, from statistics stored per task at add-task time.
+"""The index over all tasks: every task's router statistics in a few matrices, and `route`.
 
-The router reads the frozen lower-layer features of backbone.py (never raw text). Per task it stores
-class means, class counts, the within-class covariance and the distribution of its own training texts'
-similarity to its classes (for the out-of-scope threshold). Two methods, one interface (`RouterIndex.route`):
-
-- `prototype`: cosine similarity to the nearest class mean; a task scores its best class.
-- `mahalanobis` (default, measured best): Gaussian classes with one covariance shared by all tasks,
-  pooled from every task's statistics and shrunk toward a scaled identity; a task's evidence is the
-  log-sum of its classes' likelihoods, turned into probabilities over tasks.
-
-The index over all tasks is derived data, kept in `router_index.safetensors` at the bank root keyed by
-the task ids it was built from, so a bank of 1,000 tasks opens without reading 1,000 files.
+The index is derived data, kept in `router_index.safetensors` at the bank root keyed by the task ids it
+was built from, so a bank of 1,000 tasks opens without reading 1,000 files; when it is missing, stale
+or damaged it is rebuilt from the task files. Scoring is the router method's (methods.py); the
+out-of-scope test is the same for every method: cosine to the routed task's nearest class, against the
+task's own training texts' quantile.
 """
 
 from __future__ import annotations
@@ -19,49 +13,18 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .. import faults
-from ..store.registry import write_atomic
+from ..store.files import write_atomic
+from ..store.registry import INDEX_FILE
+from .methods import DEFAULT_METHOD, METHODS
+from .statistics import load_statistics
 
-ROUTER_FILE = "router.safetensors"
-INDEX_FILE = "router_index.safetensors"
-METHODS = ("mahalanobis", "prototype")
-DEFAULT_METHOD = "mahalanobis"
-SHRINKAGE = 0.02  # weight of the scaled identity in the pooled covariance (measured: 0.02-0.05 best on CLINC150)
-PROTOTYPE_TEMPERATURE = 0.05
 DEFAULT_OOD_QUANTILE = 0.01  # a text scoring below this quantile of its task's own training texts is out of scope
-
-
-def class_statistics(features: torch.Tensor, targets: Sequence[int], n_classes: int) -> dict[str, torch.Tensor]:
-    """What the router keeps of a task: class means/counts, within-class covariance, and the
-    quantiles of the training texts' leave-one-out best cosine to the task's classes."""
-    x = features.float()
-    rows = torch.as_tensor(list(targets))
-    counts = torch.bincount(rows, minlength=n_classes).float()
-    sums = torch.zeros(n_classes, x.shape[1]).index_add_(0, rows, x)
-    means = sums / counts.clamp_min(1).unsqueeze(1)
-    centred = x - means[rows]
-    covariance = centred.T @ centred / max(len(x), 1)
-    # leave-one-out class means: a text is scored against prototypes that do not contain it
-    loo_own = (sums[rows] - x) / (counts[rows] - 1).clamp_min(1).unsqueeze(1)
-    cos = torch.nn.functional.normalize(x, dim=-1) @ torch.nn.functional.normalize(means, dim=-1).T
-    own = torch.nn.functional.cosine_similarity(x, loo_own, dim=-1)
-    cos[torch.arange(len(x)), rows] = torch.where(counts[rows] > 1, own, cos[torch.arange(len(x)), rows])
-    quantiles = torch.quantile(cos.max(-1).values, torch.linspace(0, 1, 101))
-    return {"means": means, "counts": counts, "covariance": covariance.half(), "score_quantiles": quantiles}
-
-
-def save_statistics(task_dir: Path, stats: dict[str, torch.Tensor]) -> None:
-    save_file({k: v.contiguous() for k, v in stats.items()}, str(Path(task_dir) / ROUTER_FILE))
-
-
-def load_statistics(task_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(Path(task_dir) / ROUTER_FILE))
 
 
 @dataclass
@@ -102,18 +65,12 @@ class RouterIndex:
         self._fresh_weights = False
 
     def _weights(self) -> None:
-        """Derived matrices: normalised prototypes (cosine) and the shared-covariance discriminants."""
+        """Derived matrices: normalised prototypes (out of scope, cosine) and each router method's own."""
         if self._fresh_weights:
             return
-        t = self.t
-        means = t["means"]
-        dim = means.shape[1]
-        covariance = (t["scatter"] / t["total"].clamp_min(1)).float()
-        covariance = (1 - SHRINKAGE) * covariance + SHRINKAGE * covariance.diagonal().mean().clamp_min(1e-6) * torch.eye(dim)
-        weights = torch.linalg.solve(covariance, means.T).T if len(means) else means
-        t["prototypes"] = torch.nn.functional.normalize(means, dim=-1)
-        t["discriminant"] = weights.contiguous()
-        t["bias"] = -0.5 * (weights * means).sum(-1)
+        for method in METHODS.values():
+            self.t.update(method.derive(self.t))
+        self.t["prototypes"] = torch.nn.functional.normalize(self.t["means"], dim=-1)
         self._fresh_weights = True
 
     # -- persistence ----------------------------------------------------------------------------
@@ -137,26 +94,14 @@ class RouterIndex:
         if meta.get("sha256") != _digest(tensors):
             raise ValueError(f"{path}: content does not match its checksum")
         index = cls(json.loads(meta["task_names"]), json.loads(meta["task_ids"]), tensors)
-        index._fresh_weights = "discriminant" in tensors
+        index._fresh_weights = "prototypes" in tensors
         return index
 
     # -- routing --------------------------------------------------------------------------------
     def task_scores(self, features: torch.Tensor, method: str = DEFAULT_METHOD) -> torch.Tensor:
         """[B, T] log-probabilities over tasks."""
         self._weights()
-        t, x = self.t, features.float()
-        if method == "prototype":
-            similarity = torch.nn.functional.normalize(x, dim=-1) @ t["prototypes"].T / PROTOTYPE_TEMPERATURE
-            per_task = similarity.new_full((x.shape[0], len(self.task_names)), -torch.inf)
-            per_task.scatter_reduce_(1, t["owner"].expand_as(similarity), similarity, reduce="amax")
-        elif method == "mahalanobis":
-            logits = x @ t["discriminant"].T + t["bias"]
-            peak = logits.max(-1, keepdim=True).values
-            evidence = logits.new_zeros(x.shape[0], len(self.task_names))
-            evidence.index_add_(1, t["owner"], (logits - peak).exp())
-            per_task = evidence.clamp_min(1e-30).log()
-        else:
-            raise ValueError(f"unknown router method {method!r}; choose one of: {', '.join(METHODS)}")
+        per_task = METHODS[method].task_scores(self.t, features.float(), len(self.task_names))
         return torch.log_softmax(per_task, dim=-1)
 
     def in_scope(self, features: torch.Tensor, tasks: torch.Tensor, quantile: float) -> torch.Tensor:
@@ -201,7 +146,7 @@ def _digest(tensors: dict[str, torch.Tensor]) -> str:
 
 
 def sync_index(bank_root: Path, tasks: dict[str, tuple[str, Path]], dim: int, cached: RouterIndex | None = None,
-               persist: bool = True, verify=None) -> RouterIndex:
+               verify=None) -> RouterIndex:
     """The index for exactly `tasks` (name -> (id, dir)): reuse `cached` or the saved index when they
     match, extend it when tasks were only added, rebuild from the per-task files otherwise.
     `verify(name)` is called before a task's statistics are read (integrity check)."""
@@ -222,9 +167,8 @@ def sync_index(bank_root: Path, tasks: dict[str, tuple[str, Path]], dim: int, ca
         if verify is not None:
             verify(name)
         index.add(name, task_id, load_statistics(tasks[name][1]))
-    if persist:
-        try:
-            index.save(path)
-        except OSError:
-            pass  # a read-only bank still routes; it just rebuilds the index next time
+    try:
+        index.save(path)
+    except OSError:
+        pass  # a read-only bank still routes; it just rebuilds the index next time
     return index
