@@ -1,10 +1,16 @@
 """adapterbank: one frozen base model, a growing bank of small per-task modules, task-agnostic inference."""
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: E402
 
-from .bank import AdapterBank, Prediction, TaskInfo  # noqa: E402
+from .bank import AdapterBank, TaskInfo  # noqa: E402
+from .classify.bank import ClassifierBank, Prediction  # noqa: E402  (registers the classification family)
+from .causal.bank import CausalBank, Generation  # noqa: E402  (registers the causal-LM family)
+from .classify.config import ClassificationConfig  # noqa: E402
+from .causal.config import CLMConfig  # noqa: E402
 from .data import Dataset, dataset_from_pairs, load_dataset  # noqa: E402
 from .errors import AdapterBankError  # noqa: E402
+from .store import VerifyReport, verify_bank  # noqa: E402
 
-__all__ = ["AdapterBank", "AdapterBankError", "Dataset", "Prediction", "TaskInfo", "__version__",
-           "dataset_from_pairs", "load_dataset"]
+__all__ = ["AdapterBank", "AdapterBankError", "CLMConfig", "CausalBank", "ClassificationConfig", "ClassifierBank",
+           "Dataset", "Generation", "Prediction", "TaskInfo", "VerifyReport", "__version__", "dataset_from_pairs",
+           "load_dataset", "verify_bank"]

@@ -6,8 +6,10 @@ import csv
 import hashlib
 import io
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from .errors import DataError
 
@@ -38,11 +40,41 @@ class Dataset:
 
     def fingerprint(self) -> str:
         """sha256 over the (text, label) pairs: identifies the data a module was trained on without storing it."""
-        digest = hashlib.sha256()
-        for text, label in zip(self.texts, self.targets):
-            digest.update(json.dumps([text, label], ensure_ascii=False).encode("utf-8"))
-            digest.update(b"\n")
-        return digest.hexdigest()
+        return fingerprint_records(zip(self.texts, self.targets))
+
+
+def fingerprint_records(records) -> str:
+    """`sha256:<hex>` over JSON-encoded records, one per line: what task.json's data fingerprints hold."""
+    digest = hashlib.sha256()
+    for record in records:
+        digest.update(json.dumps(record if isinstance(record, str) else list(record), ensure_ascii=False).encode("utf-8"))
+        digest.update(b"\n")
+    return "sha256:" + digest.hexdigest()
+
+
+def as_dataset(data: "str | os.PathLike | Dataset") -> Dataset:
+    """Labelled data given as a file path or a Dataset."""
+    if isinstance(data, Dataset):
+        return data
+    if isinstance(data, (str, os.PathLike)):
+        return load_dataset(data)
+    raise DataError(f"expected a dataset path or Dataset, got {type(data).__name__}")
+
+
+def as_corpus(data: "str | os.PathLike | Sequence[str]") -> tuple[list[str], str]:
+    """(texts, source) of unlabelled text given as a file (.jsonl/.csv with `text`, or .txt) or a list of strings."""
+    if isinstance(data, (list, tuple)):
+        texts = list(data)
+        for i, text in enumerate(texts):
+            if not isinstance(text, str) or not text.strip():
+                raise DataError(f"text #{i + 1}: expected a non-empty string")
+        if not texts:
+            raise DataError("<memory>: empty corpus (no texts)")
+        return texts, "<memory>"
+    if isinstance(data, (str, os.PathLike)):
+        texts, _ = load_texts(data)
+        return texts, str(data)
+    raise DataError(f"expected a corpus path or a list of texts, got {type(data).__name__}")
 
 
 def load_dataset(path: str | Path) -> Dataset:

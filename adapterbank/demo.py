@@ -8,7 +8,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable
 
-from .bank import AdapterBank, Prediction
+from .bank import AdapterBank
+from .classify.bank import Prediction
 from .data import load_dataset
 
 DEMO_TASKS = ("banking", "travel", "home", "greeting")  # disjoint labels; "greeting" has a single label

@@ -38,3 +38,8 @@ class IntegrityError(BankError):
 
 class BaseMismatchError(BankError):
     """The base model offered does not match the one the bank was built on."""
+
+
+class UnsupportedOperationError(AdapterBankError, AttributeError):
+    """An operation of the other bank family (`predict` on a causal-LM bank, `generate` on a classification
+    bank). Also an AttributeError, so `hasattr(bank, "predict")` tells which operations a bank has."""

@@ -9,7 +9,6 @@ by base version first and each version keeps its own PEFT model.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -19,21 +18,6 @@ from ..kinds import quiet_peft
 from ..core.encoding import pad_id_of
 
 BASE_ROW = "__base__"  # PEFT's name for "no adapter" in a mixed batch
-
-
-@dataclass
-class Generation:
-    """A prompt's continuation, the task whose module wrote it (None: the base) and the router's view."""
-
-    text: str
-    task: str | None
-    probability: float
-    base_version: str
-    candidates: list[tuple[str, float]] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return {"text": self.text, "task": self.task, "probability": self.probability, "base_version": self.base_version,
-                "candidates": [{"task": t, "probability": p} for t, p in self.candidates]}
 
 
 class VersionGenerator:

@@ -1,8 +1,9 @@
-"""Causal language modelling on unlabelled domain text: blocks, one LoRA module's training loop, perplexity.
+"""Causal language modelling on unlabelled domain text: blocks, one module's training, perplexity.
 
 Documents are tokenized, joined with the end-of-sequence token and cut into blocks of `block_size`
 tokens (the usual "group texts" recipe): long documents span several blocks, short ones share one.
-Every data problem is reported before any training starts.
+Every data problem is reported before any training starts. The steps run on the one training loop
+(core/loop.py).
 """
 
 from __future__ import annotations
@@ -10,44 +11,25 @@ from __future__ import annotations
 import copy
 import math
 import random
-import time
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 from peft import get_peft_model
-from tqdm.auto import tqdm
 
-from .. import faults
-from ..kinds import quiet_peft
-from ..kinds.lora import make_config
+from ..core import loop
 from ..core.encoding import collate
 from ..errors import DataError
+from ..kinds import get_kind, quiet_peft
+from .config import CLMConfig
 
-DEFAULT_BLOCK_SIZE = 128
-DEFAULT_CLM_LR = 2e-3
 ROUTER_MIN_TOKENS = 8  # shortest window the router's domain statistics are estimated from
+ROUTER_SAMPLE_BLOCKS = 2000  # blocks per domain the router's statistics are estimated from
 MAX_HELD_OUT_BLOCKS = 32  # held-out blocks for the before/after perplexity when no --eval is given
-
-
-@dataclass
-class CLMConfig:
-    rank: int = 8
-    block_size: int = DEFAULT_BLOCK_SIZE
-    epochs: int = 1
-    max_steps: int | None = None  # train exactly this many optimizer steps, cycling the blocks as needed (overrides epochs)
-    lr: float = DEFAULT_CLM_LR
-    batch_size: int = 8
-    seed: int = 0
-
-    def total_steps(self, n_blocks: int) -> int:
-        return self.max_steps or self.epochs * -(-n_blocks // self.batch_size)
 
 
 def make_blocks(tokenizer, texts: Sequence[str], block_size: int, source: str) -> list[list[int]]:
     """Token blocks of `block_size` (the last one may be shorter) over the EOS-joined documents."""
-    if block_size < 2:
-        raise DataError(f"block size must be at least 2 tokens, got {block_size}")
     if not texts:
         raise DataError(f"{source}: empty corpus (no texts)")
     eos = tokenizer.eos_token_id
@@ -108,52 +90,44 @@ class TrainedLM:
 
 def train_clm(base_model, blocks: list[list[int]], pad_id: int, config: CLMConfig, progress: bool = True,
               description: str = "training") -> TrainedLM:
-    """Fit a LoRA module (PEFT's default targets for the architecture) on next-token prediction.
+    """Fit a module (LoRA: PEFT's default targets for the architecture) on next-token prediction.
 
     The base is deep-copied before PEFT wraps it, so the caller's base never changes."""
+    kind = get_kind(config.kind)
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
     device = next(base_model.parameters()).device
-    peft_config = make_config(base_model, rank=config.rank, causal=True)
+    peft_config = kind.peft_config(base_model, config.params, causal=True)
     with quiet_peft():
         peft_model = get_peft_model(copy.deepcopy(base_model), peft_config)
     peft_config = peft_model.peft_config["default"]  # with the target modules PEFT resolved
-    params = [p for p in peft_model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     total = config.total_steps(len(blocks))
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=max(total, 1), pct_start=0.1)
+
+    def batches():  # shuffled passes over the blocks, as many as the steps need
+        while True:
+            order = list(range(len(blocks)))
+            rng.shuffle(order)
+            for start in range(0, len(order), config.batch_size):
+                yield [blocks[i] for i in order[start : start + config.batch_size]]
+
+    def step_loss(batch):
+        input_ids, mask = collate(batch, pad_id, device)
+        nll, count = _summed_nll(peft_model, input_ids, mask)
+        return nll / max(count, 1), int(mask.sum()), {}
+
+    groups = [{"params": [p for p in peft_model.parameters() if p.requires_grad], "lr": config.resolved_lr(),
+               "weight_decay": 0.0}]
     peft_model.train()
-    bar = tqdm(total=total, desc=description, unit="step", disable=not progress, leave=False)
-    started, tokens, step, losses = time.perf_counter(), 0, 0, []
-    while step < total:
-        order = list(range(len(blocks)))
-        rng.shuffle(order)
-        for start in range(0, len(order), config.batch_size):
-            if step >= total:
-                break
-            input_ids, mask = collate([blocks[i] for i in order[start : start + config.batch_size]], pad_id, device)
-            nll, count = _summed_nll(peft_model, input_ids, mask)
-            loss = nll / max(count, 1)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            tokens += int(mask.sum())
-            losses.append(loss.item())
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-            faults.point(f"train-step-{step}")
-    bar.close()
-    elapsed = time.perf_counter() - started
+    run = loop.train(groups, batches(), step_loss, total,
+                     hooks=[loop.ProgressBar(total, description, progress), loop.KillPoints()])
     peft_model.eval()
-    tail = losses[-max(1, len(losses) // 10):]
-    hyper = {"kind": "lora", "objective": "clm", "rank": peft_config.r, "alpha": peft_config.lora_alpha,
-             "dropout": peft_config.lora_dropout, "target_modules": sorted(peft_config.target_modules),
-             "block_size": config.block_size, "batch_size": config.batch_size, "lr": config.lr,
-             "epochs": config.epochs, "max_steps": config.max_steps, "steps": step, "seed": config.seed}
-    metrics = {"train_loss": round(sum(tail) / len(tail), 6) if tail else None, "train_seconds": round(elapsed, 3),
-               "train_tokens": tokens, "train_tokens_per_s": round(tokens / max(elapsed, 1e-9), 1)}
+    tail = run.losses[-max(1, len(run.losses) // 10):]
+    tokens = sum(run.sizes)
+    hyper = {"kind": config.kind, "objective": config.objective, **kind.hyperparameters(peft_config),
+             "block_size": config.block_size, "batch_size": config.batch_size, "lr": config.resolved_lr(),
+             "epochs": config.epochs, "max_steps": config.max_steps, "steps": run.steps, "seed": config.seed}
+    metrics = {"train_loss": round(sum(tail) / len(tail), 6) if tail else None, "train_seconds": round(run.seconds, 3),
+               "train_tokens": tokens, "train_tokens_per_s": round(tokens / max(run.seconds, 1e-9), 1)}
     return TrainedLM(peft_model, hyper, metrics)
 
 

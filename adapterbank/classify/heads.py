@@ -35,3 +35,12 @@ class CosineHead(torch.nn.Module):
         head = cls(state["weight"])
         head.load_state_dict(state)
         return head.eval()
+
+
+def export_head(task_dir: Path, out: Path, labels: list[str]) -> None:
+    """A task's head and label names, for an exported encoder (`labels.json`: {"labels": [...]}, in head order)."""
+    import json
+    import shutil
+
+    shutil.copyfile(Path(task_dir) / HEAD_FILE, Path(out) / HEAD_FILE)
+    (Path(out) / "labels.json").write_text(json.dumps({"labels": labels}, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

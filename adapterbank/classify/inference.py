@@ -1,64 +1,48 @@
 """Running stored modules at inference: one lower pass per batch, then every row through its own module.
 
-LoRA modules live on the upper layers only (backbone.py). Instead of wrapping the base with PEFT and
-switching adapters, the LoRA factors PEFT saved are applied by forward hooks on the upper layers'
-linear modules, row by row: one upper pass serves a batch that mixes any number of tasks, and a row
-can also mix several modules with weights (weight-level composition). Prompt modules run a full pass
-with each row's own soft prompt prepended. Modules load lazily and are kept in an LRU cache.
+The two batching strategies of kinds/base.py are implemented here, once, for every kind:
+- `upper` kinds live on the upper layers (core/backbone.py). Instead of wrapping the base with PEFT and
+  switching adapters, forward hooks on the upper layers' linear modules add each row's update (the
+  kind's `row_update` on the tensors PEFT saved): one upper pass serves a batch that mixes any number
+  of tasks, and a row can mix several modules with weights (weight-level composition).
+- `prefix` kinds run a full pass with each row's own prefix put before its tokens (PEFT's semantics).
+Modules load lazily and are kept in an LRU cache.
 """
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
-from safetensors.torch import load_file
 
-from ..kinds import prompt as prompt_kind
 from ..core.backbone import LowerPass, SplitEncoder
-from ..core.encoding import mean_pool
-from ..errors import BankError
+from ..core.encoding import map_batches, mean_pool, tokenize
+from ..kinds import Kind, get_kind
 from .heads import CosineHead
 
 DEFAULT_CACHE_SIZE = 64
-_PEFT_PREFIX = "base_model.model."
 
 
 @dataclass
 class LoadedModule:
-    kind: str
+    kind: Kind
     head: CosineHead
-    lora: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # linear path -> (A, B*scale)
-    prompt: torch.Tensor | None = None
+    updates: dict[str, Any] = field(default_factory=dict)  # `upper` kinds: linear module path -> tensors
+    prefix: torch.Tensor | None = None  # `prefix` kinds: [positions, hidden]
 
 
-def load_lora_factors(task_dir: Path, allowed_layers: set[int]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """PEFT's saved LoRA factors as {linear module path: (A [r, in], scale * B [out, r])}."""
-    config = json.loads((task_dir / "adapter_config.json").read_text(encoding="utf-8"))
-    if config.get("use_dora") or config.get("rank_pattern") or config.get("alpha_pattern"):
-        raise BankError(f"{task_dir / 'adapter_config.json'}: DoRA and per-layer rank/alpha patterns are not supported")
-    r = config["r"]
-    scale = config["lora_alpha"] / (r ** 0.5 if config.get("use_rslora") else r)
-    weights = load_file(str(task_dir / "adapter_model.safetensors"))
-    factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    for key, a in weights.items():
-        if not key.endswith(".lora_A.weight"):
-            continue
-        path = key[len(_PEFT_PREFIX):] if key.startswith(_PEFT_PREFIX) else key
-        path = path[: -len(".lora_A.weight")]
-        parts = path.split(".")
-        layer = int(parts[parts.index("layer") + 1]) if "layer" in parts else -1
-        if layer not in allowed_layers:
-            raise BankError(f"{task_dir}: module adapts {path}, outside the bank's upper layers {sorted(allowed_layers)}")
-        factors[path] = (a.float(), weights[key.replace("lora_A", "lora_B")].float() * scale)
-    return factors
+def _to(device: torch.device, value: Any) -> Any:
+    """A kind's update tensors on `device` (nested tuples; non-tensor fields such as flags pass through)."""
+    if isinstance(value, tuple):
+        return tuple(_to(device, v) for v in value)
+    return value.to(device) if isinstance(value, torch.Tensor) else value
 
 
 class RoutedModel:
-    """The bank's frozen base plus loaded modules; computes class probabilities for routed rows."""
+    """The bank's frozen base plus loaded modules; computes features for routed rows."""
 
     def __init__(self, base_model: torch.nn.Module, upper_layers: int, cache_size: int = DEFAULT_CACHE_SIZE):
         self.model = base_model
@@ -67,29 +51,22 @@ class RoutedModel:
         self.cache_size = cache_size
         self.loaded: OrderedDict[str, LoadedModule] = OrderedDict()
         self._plan: list[tuple[LoadedModule, torch.Tensor, torch.Tensor | None]] | None = None
-        self._hooks = []
         upper = set(self.split.upper_indices)
         for path, module in base_model.named_modules():
             parts = path.split(".")
             if isinstance(module, torch.nn.Linear) and "layer" in parts and int(parts[parts.index("layer") + 1]) in upper:
-                self._hooks.append(module.register_forward_hook(self._lora_hook(path)))
+                module.register_forward_hook(self._update_hook(path))
 
-    def close(self) -> None:
-        for hook in self._hooks:
-            hook.remove()
-        self._hooks = []
-
-    def _lora_hook(self, path: str):
-        def hook(_module, inputs, output):
+    def _update_hook(self, path: str):
+        def hook(linear, inputs, output):
             if not self._plan:
                 return output
-            x = inputs[0]
+            x, base = inputs[0], output
             for module, rows, weights in self._plan:
-                factors = module.lora.get(path)
-                if factors is None:
+                tensors = module.updates.get(path)
+                if tensors is None:
                     continue
-                a, b = factors
-                delta = (x[rows] @ a.T) @ b.T
+                delta = module.kind.row_update(tensors, linear, x[rows], base, rows)
                 if weights is not None:
                     delta = delta * weights.view(-1, *([1] * (delta.dim() - 1)))
                 output = output.index_add(0, rows, delta.to(output.dtype))
@@ -110,14 +87,12 @@ class RoutedModel:
 
     def load_unnamed(self, task_dir: Path, kind: str) -> LoadedModule:
         """A module read from `task_dir`, not cached (e.g. one still being staged)."""
-        task_dir = Path(task_dir)
+        task_dir, spec = Path(task_dir), get_kind(kind)
         head = CosineHead.load(task_dir).to(self.device)
-        if kind == "lora":
-            factors = load_lora_factors(task_dir, set(self.split.upper_indices))
-            module = LoadedModule(kind, head, lora={k: (a.to(self.device), b.to(self.device)) for k, (a, b) in factors.items()})
-        else:
-            module = LoadedModule(kind, head, prompt=prompt_kind.load_prompt(task_dir).to(self.device))
-        return module
+        if spec.batching == "upper":
+            updates = spec.load_updates(task_dir, set(self.split.upper_indices))
+            return LoadedModule(spec, head, updates={k: _to(self.device, v) for k, v in updates.items()})
+        return LoadedModule(spec, head, prefix=spec.load_prefix(task_dir).to(self.device))
 
     # -- passes ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -125,7 +100,8 @@ class RoutedModel:
         return self.split.lower(input_ids, mask)
 
     @torch.no_grad()
-    def lora_features(self, lower: LowerPass, rows: torch.Tensor, plan: list[tuple[LoadedModule, torch.Tensor, torch.Tensor | None]]) -> torch.Tensor:
+    def upper_features(self, lower: LowerPass, rows: torch.Tensor,
+                       plan: list[tuple[LoadedModule, torch.Tensor, torch.Tensor | None]]) -> torch.Tensor:
         """Mean-pooled output of the upper layers for `rows` of the lower pass; `plan` says which
         module(s) act on which of those rows (positions within `rows`), with optional per-row weights."""
         hidden, mask = lower.hidden[rows], lower.mask[rows]
@@ -137,8 +113,90 @@ class RoutedModel:
         return mean_pool(out, mask)
 
     @torch.no_grad()
-    def prompt_features(self, modules: list[LoadedModule], input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Full pass with each row's own soft prompt (PEFT's semantics: prompt first, mask of ones)."""
-        prompts = torch.stack([m.prompt for m in modules])
-        hidden = prompt_kind.encode_with_prompts(self.model, prompts, input_ids, mask)
-        return mean_pool(hidden, mask)
+    def prefix_features(self, modules: list[LoadedModule], input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Full pass with row i's prefix `modules[i].prefix` before its tokens (PEFT's semantics: prefix
+        first, attention mask of ones over it); mean-pooled over the real tokens. Different tasks'
+        prefixes share one batch."""
+        prefixes = torch.stack([m.prefix for m in modules])
+        embeddings = self.model.get_input_embeddings()(input_ids)
+        batch, virtual = input_ids.shape[0], prefixes.shape[1]
+        full_mask = torch.cat([torch.ones(batch, virtual, dtype=mask.dtype, device=mask.device), mask], dim=1)
+        inputs = torch.cat([prefixes.to(embeddings.dtype), embeddings], dim=1)
+        hidden = self.model(inputs_embeds=inputs, attention_mask=full_mask).last_hidden_state
+        return mean_pool(hidden[:, virtual:], mask)
+
+    def features(self, module: LoadedModule, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Every row of a batch through one module."""
+        if module.kind.batching == "upper":
+            rows = torch.arange(len(input_ids))
+            return self.upper_features(self.lower(input_ids, mask), rows, [(module, rows, None)])
+        return self.prefix_features([module] * len(input_ids), input_ids, mask)
+
+
+def run_modules(model: RoutedModel, records: dict, routes, lower: LowerPass, input_ids, mask, composition: str,
+                check: Callable[[str], None] | None = None) -> list[dict]:
+    """For each row, {(label, task): probability} mixed over the row's candidate tasks.
+
+    All (row, task) pairs of the batch go through one upper pass for `upper` kinds (each row through its
+    own module) and one full pass for `prefix` kinds; `weights` composition mixes `upper` modules'
+    updates inside a single pass (`prefix` modules are mixed by output instead)."""
+    mixtures: list[dict] = [{} for _ in routes]
+    upper_pairs, prefix_pairs = [], []  # (row, task, weight)
+    for row, route in enumerate(routes):
+        total = sum(route.probabilities) or 1.0
+        for name, p in zip(route.tasks, route.probabilities):
+            info, weight = records[name], p / total
+            if info.kind is None:  # one-label task: its label, with the router's confidence
+                key = (info.labels[0], name)
+                mixtures[row][key] = mixtures[row].get(key, 0.0) + weight
+            else:
+                (upper_pairs if get_kind(info.kind).batching == "upper" else prefix_pairs).append((row, name, weight))
+    modules = {}
+    for name in dict.fromkeys(name for _, name, _ in upper_pairs + prefix_pairs):
+        if check is not None and name not in model.loaded:
+            check(name)
+        modules[name] = model.load(name, records[name].path, records[name].kind)
+    features: list[tuple[int, str, float, torch.Tensor]] = []
+    if upper_pairs and composition == "weights":
+        rows = sorted({row for row, _, _ in upper_pairs})
+        position = {row: i for i, row in enumerate(rows)}
+        plan = []
+        for name in dict.fromkeys(name for _, name, _ in upper_pairs):
+            mine = [(position[row], w) for row, n, w in upper_pairs if n == name]
+            plan.append((modules[name], torch.tensor([p for p, _ in mine]), torch.tensor([w for _, w in mine])))
+        mixed = model.upper_features(lower, torch.tensor(rows), plan)
+        features += [(row, name, w, mixed[position[row]]) for row, name, w in upper_pairs]
+    elif upper_pairs:
+        plan = [(modules[name], torch.tensor([i for i, (_, n, _) in enumerate(upper_pairs) if n == name]), None)
+                for name in dict.fromkeys(name for _, name, _ in upper_pairs)]
+        out = model.upper_features(lower, torch.tensor([row for row, _, _ in upper_pairs]), plan)
+        features += [(row, name, w, out[i]) for i, (row, name, w) in enumerate(upper_pairs)]
+    if prefix_pairs:
+        rows = torch.tensor([row for row, _, _ in prefix_pairs])
+        out = model.prefix_features([modules[name] for _, name, _ in prefix_pairs], input_ids[rows], mask[rows])
+        features += [(row, name, w, out[i]) for i, (row, name, w) in enumerate(prefix_pairs)]
+    by_task: dict[str, list[int]] = {}
+    for i, (_, name, _, _) in enumerate(features):
+        by_task.setdefault(name, []).append(i)
+    for name, items in by_task.items():
+        with torch.no_grad():
+            probabilities = torch.softmax(modules[name].head(torch.stack([features[i][3] for i in items])), -1).cpu()
+        labels = records[name].labels
+        for i, p in zip(items, probabilities):
+            row, _, weight, _ = features[i]
+            for label, value in zip(labels, p.tolist()):
+                key = (label, name)
+                mixtures[row][key] = mixtures[row].get(key, 0.0) + weight * value
+    return mixtures
+
+
+def module_accuracy(model: RoutedModel, tokenizer, task_dir: Path, kind: str, labels: list[str], data,
+                    max_length: int) -> float:
+    """Accuracy of a just-written module on labelled data, the task given (no routing)."""
+    module = model.load_unnamed(task_dir, kind)
+
+    def predict(input_ids, mask):
+        return module.head(model.features(module, input_ids, mask)).argmax(-1, keepdim=True)
+
+    predicted = map_batches(predict, tokenize(tokenizer, data.texts, max_length), tokenizer, model.device)
+    return round(sum(labels[p] == t for p, t in zip(predicted[:, 0].tolist(), data.targets)) / len(data), 6)

@@ -13,17 +13,13 @@ import torch
 
 from adapterbank import AdapterBank
 from adapterbank.errors import AdapterBankError, BaseMismatchError, DataError
+from adapterbank.causal.merging import MERGE_METHODS
 from adapterbank.causal.training import make_blocks
 
 from conftest import tree_hashes, write_jsonl
-from lm_fixtures import domain_texts, write_tiny_llama
+from conftest import domain_texts
 
 TRAIN = dict(block_size=32, max_steps=40, lr=1e-2, progress=False)
-
-
-@pytest.fixture(scope="session")
-def tiny_llama(tmp_path_factory):
-    return str(write_tiny_llama(tmp_path_factory.mktemp("tiny-llama")))
 
 
 @pytest.fixture(scope="session")
@@ -62,7 +58,7 @@ def test_init_stores_the_base_as_safetensors_and_reopens_without_the_source(tmp_
     AdapterBank.create(tmp_path / "bank", base=str(source), router_encoder=tiny_base, device="cpu")
     shutil.rmtree(source)
     bank = AdapterBank.open(tmp_path / "bank", device="cpu")
-    assert bank.is_causal and bank.current_base_version == "v0"
+    assert bank.family == "causal" and bank.current_base_version == "v0"
     files = sorted(p.name for p in (tmp_path / "bank" / "bases" / "v0").iterdir())
     assert "model.safetensors" in files and all(f.endswith((".json", ".safetensors")) for f in files)
     assert [v["version"] for v in bank.base_versions()] == ["v0"]
@@ -118,7 +114,8 @@ def test_every_method_makes_a_new_version_and_never_rewrites_v0(bank):
     fingerprints = {}
     for method in ("linear", "ties", "dare_linear", "dare_ties", "svd"):
         bank.rollback("v0")
-        record = bank.merge(["alpha", "beta"], method=method, weights=[0.6, 0.4], density=0.5, seed=3)
+        density = 0.5 if "density" in MERGE_METHODS[method].params else None
+        record = bank.merge(["alpha", "beta"], method=method, weights=[0.6, 0.4], density=density, seed=3)
         fingerprints[method] = record["fingerprint"]
         assert record["lineage"]["method"] == method and record["lineage"]["weights"] == [0.6, 0.4]
     assert len(set(fingerprints.values())) == 5  # five different bases
@@ -224,7 +221,7 @@ def test_objective_must_match_the_bank(bank, tmp_path, tiny_base):
     rows = write_jsonl(tmp_path / "labelled.jsonl", [{"text": "abc", "label": "x"}, {"text": "ghi", "label": "y"}])
     with pytest.raises(AdapterBankError, match="--objective clm"):
         bank.add_task("c", rows, objective="classification", progress=False)
-    with pytest.raises(AdapterBankError, match="use generate"):
+    with pytest.raises(AdapterBankError, match="predict needs a classification bank"):
         bank.predict(["abc"])
     encoder_bank = AdapterBank.create(tmp_path / "enc", base=tiny_base, device="cpu")
     with pytest.raises(AdapterBankError, match="causal-LM bank"):
@@ -273,18 +270,39 @@ def test_sigkill_during_merge_leaves_no_new_version(bank, point):
     assert verify_versions(reopened.registry) == []
 
 
-def test_classification_export_is_the_encoder_with_the_module_merged(tmp_path, tiny_base, task_files):
-    from peft import PeftModel
-    from transformers import AutoModel
+def test_a_causal_bank_takes_no_base_override(bank):
+    with pytest.raises(AdapterBankError, match="is a causal-LM bank: its base is stored in the bank"):
+        AdapterBank.open(bank.path, base="anything", device="cpu")
 
-    encoder_bank = AdapterBank.create(tmp_path / "enc", base=tiny_base, device="cpu")
-    encoder_bank.add_task("alpha", task_files["alpha"][0], epochs=2, progress=False)
-    out = encoder_bank.export(tmp_path / "export", task="alpha")
-    assert json.loads((out / "labels.json").read_text())["labels"] == encoder_bank.task("alpha").labels
-    assert (out / "head.safetensors").is_file()
-    exported = AutoModel.from_pretrained(out)
-    reference = PeftModel.from_pretrained(copy.deepcopy(encoder_bank.base.model), str(encoder_bank.task("alpha").path))
-    text = encoder_bank.base.tokenizer(["aaaaaa bcd ef"], return_tensors="pt")
-    with torch.no_grad():
-        diff = (exported(**text).last_hidden_state - reference(**text).last_hidden_state).abs().max()
-    assert diff < 1e-4
+
+def test_every_call_sees_merges_and_rollbacks_made_by_another_process(bank):
+    other = AdapterBank.open(bank.path, device="cpu")  # e.g. another process
+    assert bank.current_base_version == "v0"
+    other.merge(["alpha"])
+    assert bank.current_base_version == "v1"  # bank.json is re-read when it changed on disk
+    assert bank.generate(["zzz"], max_new_tokens=2, ood_quantile=0.999)[0].base_version == "v1"
+    other.rollback("v0")
+    assert bank.current_base_version == "v0" and [v["current"] for v in bank.base_versions()] == [True, False]
+
+
+def test_route_tells_which_module_each_prompt_would_use(bank):
+    routes = bank.route(["abc fed cab", "ghi lkj hig"], ood_quantile=0)
+    assert [r.tasks[0] for r in routes] == ["alpha", "beta"]
+    assert all(abs(sum(r.probabilities) - 1) < 1e-4 and r.in_scope for r in routes)
+
+
+def test_merge_refuses_parameters_the_method_does_not_take(bank):
+    with pytest.raises(AdapterBankError, match="--density does not apply to merge method linear"):
+        bank.merge(["alpha"], method="linear", density=0.5)
+    with pytest.raises(AdapterBankError, match="--svd-rank does not apply to merge method ties"):
+        bank.merge(["alpha"], method="ties", svd_rank=2)
+    with pytest.raises(AdapterBankError, match="weights must be a finite number"):
+        bank.merge(["alpha"], weights=[float("nan")])
+    assert bank.current_base_version == "v0" and len(bank.base_versions()) == 1
+
+
+def test_clm_tasks_record_their_config_and_a_sha256_data_fingerprint(bank):
+    record = bank.task("alpha").record
+    assert record["data"]["train_fingerprint"].startswith("sha256:")
+    assert record["config"] == {"kind": "lora", "params": {"rank": 8}, "block_size": 32, "epochs": 1, "max_steps": 40,
+                                "lr": 1e-2, "batch_size": 8, "seed": 0}

@@ -1,3 +1,4 @@
+import copy
 import json
 
 import pytest
@@ -9,6 +10,7 @@ from adapterbank import AdapterBank, load_dataset
 from adapterbank.errors import (AdapterBankError, BankError, BaseMismatchError, DataError, InvalidNameError,
                                 ModelNotFoundError, TaskExistsError, TaskNotFoundError)
 from adapterbank.classify.heads import CosineHead
+from adapterbank.kinds import KINDS
 from adapterbank.classify.training import module_features
 
 from conftest import TASK_LABELS, tree_hashes, write_jsonl
@@ -30,13 +32,16 @@ def peft_features(base_dir, task_dir, texts):
         return module_features(model, batch["input_ids"], batch["attention_mask"])
 
 
-@pytest.mark.parametrize("kind", ["lora", "prompt"])
+CLASSIFIER_KINDS = [name for name, kind in KINDS.items() if "classifier" in kind.families]
+
+
+@pytest.mark.parametrize("kind", CLASSIFIER_KINDS)
 def test_task_dir_is_peft_format_and_bank_predictions_match_peft(bank, tiny_base, task_files, kind):
     train, test = task_files["beta"]
     info = bank.add_task("beta", train, kind=kind, **FAST)
     files = sorted(p.name for p in info.path.iterdir())
     assert files == ["adapter_config.json", "adapter_model.safetensors", "head.safetensors", "router.safetensors", "task.json"]
-    assert json.loads((info.path / "adapter_config.json").read_text())["peft_type"] == {"lora": "LORA", "prompt": "PROMPT_TUNING"}[kind]
+    assert json.loads((info.path / "adapter_config.json").read_text())["peft_type"] == KINDS[kind].peft_type
     texts = load_dataset(test).texts[:6]
     head = CosineHead.load(info.path)
     with torch.no_grad():
@@ -196,9 +201,10 @@ def test_text_that_fits_no_task_is_out_of_scope(bank, task_files):
     assert sum(p.label is not None for p in alpha) >= 0.8 * len(alpha)
 
 
-def test_mixed_batch_equals_one_text_at_a_time_for_every_composition(bank, task_files):
-    for task in ("alpha", "beta"):
-        bank.add_task(task, task_files[task][0], **FAST)
+@pytest.mark.parametrize("kind", CLASSIFIER_KINDS)
+def test_mixed_batch_equals_one_text_at_a_time_for_every_composition(bank, task_files, kind):
+    bank.add_task("alpha", task_files["alpha"][0], **FAST)
+    bank.add_task("beta", task_files["beta"][0], kind=kind, **FAST)  # a batch mixing two kinds
     texts = [t for pair in zip(load_dataset(task_files["alpha"][1]).texts, load_dataset(task_files["beta"][1]).texts)
              for t in pair][:12]
     for composition, k in (("top1", 1), ("output", 2), ("weights", 2)):
@@ -232,7 +238,8 @@ def test_forced_task_and_option_errors(bank, task_files):
 
 def test_router_index_is_saved_and_small_module_cache_still_answers(bank, task_files):
     from adapterbank.classify.inference import RoutedModel
-    from adapterbank.routing.index import INDEX_FILE, RouterIndex
+    from adapterbank.routing.index import RouterIndex
+    from adapterbank.store.registry import INDEX_FILE
 
     for task in ("alpha", "beta"):
         bank.add_task(task, task_files[task][0], **FAST)
@@ -244,3 +251,56 @@ def test_router_index_is_saved_and_small_module_cache_still_answers(bank, task_f
     reopened._runner = RoutedModel(reopened.base.model, reopened.upper_layers, cache_size=1)
     assert [p.label for p in reopened.predict(texts, batch_size=1, ood_quantile=0)] == expected
     assert len(reopened._runner.loaded) == 1
+
+
+@pytest.mark.parametrize("kind", [k for k in CLASSIFIER_KINDS if KINDS[k].merges_into_weights])
+def test_classification_export_is_the_encoder_with_the_module_merged(tmp_path, tiny_base, task_files, kind):
+    from peft import PeftModel
+    from transformers import AutoModel
+
+    encoder_bank = AdapterBank.create(tmp_path / "enc", base=tiny_base, device="cpu")
+    encoder_bank.add_task("alpha", task_files["alpha"][0], kind=kind, epochs=2, progress=False)
+    out = encoder_bank.export(tmp_path / "export", task="alpha")
+    assert json.loads((out / "labels.json").read_text())["labels"] == encoder_bank.task("alpha").labels
+    assert (out / "head.safetensors").is_file()
+    exported = AutoModel.from_pretrained(out)
+    reference = PeftModel.from_pretrained(copy.deepcopy(encoder_bank.base.model), str(encoder_bank.task("alpha").path))
+    text = encoder_bank.base.tokenizer(["aaaaaa bcd ef"], return_tensors="pt")
+    with torch.no_grad():
+        diff = (exported(**text).last_hidden_state - reference(**text).last_hidden_state).abs().max()
+    assert diff < 1e-4
+
+
+def test_a_one_label_task_has_no_module_to_export(bank, task_files, tmp_path):
+    bank.add_task("gamma", task_files["gamma"][0], **FAST)
+    for peft in (True, False):
+        with pytest.raises(AdapterBankError, match="'gamma' has a single label: it has no module"):
+            bank.export(tmp_path / "out", task="gamma", peft=peft)
+    assert not (tmp_path / "out").exists()
+
+
+def test_route_on_a_classification_bank(bank, task_files):
+    assert bank.route(["aaaaaa bcd"]) == [] or bank.route(["aaaaaa bcd"])[0].tasks == []  # no tasks yet: no candidates
+    for task in ("alpha", "beta"):
+        bank.add_task(task, task_files[task][0], **FAST)
+    texts = load_dataset(task_files["alpha"][1]).texts[:3] + load_dataset(task_files["beta"][1]).texts[:3]
+    routes = bank.route(texts)
+    assert [r.tasks[0] for r in routes] == ["alpha"] * 3 + ["beta"] * 3
+    assert [r.tasks[0] for r in routes] == [p.candidates[0][0] for p in bank.predict(texts)]  # what predict routes by
+
+
+def test_task_json_records_the_config_and_a_sha256_data_fingerprint(bank, task_files):
+    info = bank.add_task("beta", task_files["beta"][0], kind="prompt", virtual_tokens=4, **FAST)
+    assert info.record["config"] == {"kind": "prompt", "params": {"virtual_tokens": 4}, "epochs": 8, "lr": None,
+                                     "batch_size": 32, "seed": 0, "max_length": 128}
+    assert info.record["hyperparameters"]["virtual_tokens"] == 4
+    assert info.record["data"]["train_fingerprint"].startswith("sha256:")
+
+
+def test_operations_of_the_other_family_fail_with_one_clear_line(bank):
+    for operation in ("generate", "merge", "rollback", "base_versions"):
+        assert not hasattr(bank, operation)
+        with pytest.raises(AdapterBankError, match=rf"{operation} needs a causal-LM bank .*is a classification bank"):
+            getattr(bank, operation)
+    assert hasattr(bank, "predict") and hasattr(bank, "route")
+
