@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from . import metrics
+
+
 class Shared:
     """What several baselines reuse within one run (a baseline_models.Setting and what is derived from
     it), computed on first use."""

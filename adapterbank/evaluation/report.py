@@ -1,6 +1,6 @@
 """Writing a continual-learning run's results: results.json, report.md and accuracy_matrix.png.
 
-Each file is written atomically (registry.write_atomic), so a reader never sees half a report.
+Each file is written atomically (store.files.write_atomic), so a reader never sees half a report.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..store.registry import write_atomic
+from ..store.files import write_atomic
 
 RESULTS_FILE, REPORT_FILE, HEATMAP_FILE = "results.json", "report.md", "accuracy_matrix.png"
 

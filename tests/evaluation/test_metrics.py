@@ -2,7 +2,7 @@
 
 import pytest
 
-from adapterbank.metrics import average_accuracy, backward_transfer, forgetting, forward_transfer, summary
+from adapterbank.evaluation.metrics import average_accuracy, backward_transfer, forgetting, forward_transfer, summary
 
 FORGETFUL = [[0.9, None, None],
              [0.8, 0.95, None],
