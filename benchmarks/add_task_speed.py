@@ -39,7 +39,7 @@ from adapterbank import AdapterBank, load_dataset  # noqa: E402
 from common import subset  # noqa: E402
 from adapterbank.kinds import quiet_peft  # noqa: E402
 from adapterbank.core.encoding import collate, length_batches, mean_pool, pad_id_of, tokenize  # noqa: E402
-from adapterbank.classify.training import TrainConfig  # noqa: E402
+from adapterbank import ClassificationConfig  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "clinc150"
 PLAIN_LR = 2e-3
@@ -115,7 +115,7 @@ def add_task(bank, name, train, validation, kind="lora") -> dict:
 
 
 def run_workload(bank, name, train, validation, seed, prompt=False) -> dict:
-    epochs = TrainConfig().resolved_epochs(len(train))
+    epochs = ClassificationConfig().resolved_epochs(len(train))
     result = {"train_texts": len(train), "validation_texts": len(validation), "labels": len(train.labels), "epochs": epochs}
     result["add_task"] = add_task(bank, name, train, validation)
     result["plain"] = plain_loop(bank.base, train, validation, epochs, seed, bucketed=False)

@@ -80,7 +80,7 @@ def main() -> None:
     import torch
 
     from adapterbank import AdapterBank
-    from adapterbank.export import merged_model
+    from adapterbank.kinds import merged_model
     from adapterbank.causal.training import perplexity
 
     started = time.perf_counter()

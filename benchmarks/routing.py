@@ -29,7 +29,9 @@ import torch  # noqa: E402
 from adapterbank import AdapterBank, load_dataset  # noqa: E402
 from common import subset  # noqa: E402
 from adapterbank.core.encoding import collate, length_batches, mean_pool, pad_id_of, tokenize  # noqa: E402
-from adapterbank.routing.index import INDEX_FILE, RouterIndex, save_statistics  # noqa: E402
+from adapterbank.routing.index import RouterIndex  # noqa: E402
+from adapterbank.routing.statistics import save_statistics  # noqa: E402
+from adapterbank.store.registry import INDEX_FILE  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "clinc150"
 
@@ -59,11 +61,12 @@ def base_forward(bank, texts, batch_size=64):
 def joint_baseline(bank, train, test, labels):
     """One LoRA on every linear layer of every transformer layer, all intents at once."""
     from adapterbank.core.backbone import num_layers
-    from adapterbank.classify.training import TrainConfig, module_features, train_classifier
+    from adapterbank import ClassificationConfig
+    from adapterbank.classify.training import module_features, train_classifier
 
     base = bank.base
     index = {label: i for i, label in enumerate(labels)}
-    config = TrainConfig(kind="lora", epochs=3, lr=2e-3, batch_size=32)
+    config = ClassificationConfig(kind="lora", epochs=3, lr=2e-3, batch_size=32)
     ids = tokenize(base.tokenizer, train.texts)
     trained, seconds = timed(lambda: train_classifier(base.model, base.tokenizer, ids, [index[t] for t in train.targets],
                                                        len(labels), config, upper_layers=num_layers(base.model),

@@ -1,8 +1,9 @@
 import json
+import os
 import re
-import zipfile
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -10,21 +11,11 @@ from typer.testing import CliRunner
 
 from adapterbank_cli.main import app, main
 
-from conftest import tree_hashes, write_jsonl
+from adapterbank.classify.bank import DEFAULT_TOP_K
+
+from conftest import domain_texts, invoke, tree_hashes, write_jsonl
 
 runner = CliRunner()
-
-
-def invoke(*args):
-    """Run the CLI as the console script does (library errors -> one line on stderr, exit 1)."""
-    result = runner.invoke(app, [str(a) for a in args], standalone_mode=True, catch_exceptions=True)
-    if result.exception and not isinstance(result.exception, SystemExit):
-        from adapterbank import AdapterBankError
-
-        assert isinstance(result.exception, AdapterBankError), result.exception
-        return 1, str(result.exception)
-    invoke.stderr = result.stderr
-    return result.exit_code, result.stdout
 
 
 @pytest.fixture()
@@ -90,14 +81,85 @@ def test_errors_are_one_line_exit_nonzero_and_leave_bank_unchanged(tmp_path, cli
     assert not (tmp_path / "b2").exists()
 
 
-def test_console_script_runs_and_help_documents_commands():
-    result = subprocess.run([sys.executable, "-m", "adapterbank_cli", "--help"], capture_output=True, text=True)
+def test_console_script_runs_and_help_documents_every_command():
+    result = subprocess.run([sys.executable, "-m", "adapterbank_cli", "--help"], capture_output=True, text=True,
+                            env={**os.environ, "COLUMNS": "200"})
     assert result.returncode == 0
-    for command in ("init", "add-task", "list", "show", "remove", "predict", "demo"):
-        assert command in result.stdout
-    out = runner.invoke(app, ["add-task", "--help"]).output
-    for option in ("--train", "--eval", "--kind", "--rank", "--epochs", "--lr", "--batch-size", "--seed", "--device"):
-        assert option in out
+    commands = [c.name or c.callback.__name__ for c in app.registered_commands]
+    assert len(commands) == 14
+    listed = {line.strip("│ ").split()[0] for line in result.stdout.splitlines() if line.startswith("│ ") and line.strip("│ ")}
+    assert set(commands) <= listed, set(commands) - listed
+    for command in commands:
+        assert runner.invoke(app, [command, "--help"]).exit_code == 0, command
+
+
+def _help(*command: str) -> str:
+    return re.sub(r"[│\s]+", " ", runner.invoke(app, [*command, "--help"], env={"COLUMNS": "300"}).output)
+
+
+def test_choices_and_settings_come_from_the_registries():
+    from dataclasses import fields
+
+    from adapterbank import CLMConfig, ClassificationConfig
+    from adapterbank.causal.merging import MERGE_METHODS, MergeParams
+    from adapterbank.evaluation.baselines import BASELINES
+    from adapterbank.kinds import KINDS
+    from adapterbank.routing.methods import METHODS
+
+    add_task = _help("add-task")
+    assert f"<{'|'.join(KINDS)}>" in add_task and "<classification|clm>" in add_task
+    settings = {f.name for cls in (ClassificationConfig, CLMConfig, *(k.Params for k in KINDS.values())) for f in fields(cls)}
+    for name in settings - {"kind", "params"}:
+        assert "--" + name.replace("_", "-") in add_task, name
+    assert "[default: (8)]" in add_task.split("--rank")[1][:200]  # the default shown is the kind's own
+    merge = _help("merge")
+    assert f"<{'|'.join(MERGE_METHODS)}>" in merge and all(m.summary in merge for m in MERGE_METHODS.values())
+    assert all("--" + f.name.replace("_", "-") in merge for f in fields(MergeParams))
+    assert f"<{'|'.join(METHODS)}>" in _help("predict")
+    assert all(f"{name}: {b.summary}" in _help("eval") for name, b in BASELINES.items())
+
+
+def test_predict_defaults_are_the_librarys(cli_bank, task_files):
+    import inspect
+
+    from adapterbank import ClassifierBank
+
+    assert inspect.signature(ClassifierBank.predict).parameters["top_k"].default == DEFAULT_TOP_K == 3
+    for task in ("alpha", "beta"):
+        assert invoke("add-task", cli_bank, task, "--train", task_files[task][0], "--epochs", "2", "-q")[0] == 0
+    texts = ["aaaaaa bc de", "hhhhhh gi jk", "abab ghgh"]
+    code, out = invoke("predict", cli_bank, *[a for t in texts for a in ("--text", t)], "--composition", "output", "--json")
+    from_cli = [json.loads(line) for line in out.strip().splitlines()]
+    from_python = ClassifierBank.open(cli_bank, device="cpu").predict(texts, composition="output")
+    assert [(r["label"], r["score"]) for r in from_cli] == [(p.label, p.score) for p in from_python]
+
+
+def test_causal_commands_versions_and_rollback(tmp_path, tiny_llama, tiny_base, cli_bank, task_files):
+    bank = tmp_path / "lm"
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(domain_texts("alpha", 60, seed=0)), encoding="utf-8")
+    assert invoke("init", bank, "--base", tiny_llama, "--router-encoder", tiny_base, "--device", "cpu")[0] == 0
+    code, out = invoke("add-task", bank, "alpha", "--train", corpus, "--block-size", "32", "--max-steps", "3", "-q")
+    assert code == 0 and "added task alpha: clm lora on base v0" in out, out
+    code, out = invoke("merge", bank, "--tasks", "alpha", "--method", "ties", "--density", "0.7")
+    assert code == 0 and "new base version v1" in out
+    code, out = invoke("versions", bank, "--json")
+    rows = json.loads(out)
+    assert [(r["version"], r["current"]) for r in rows] == [("v0", False), ("v1", True)]
+    assert rows[1]["lineage"]["density"] == 0.7 and rows[1]["lineage"]["tasks"][0]["name"] == "alpha"
+    code, out = invoke("rollback", bank, "v0")
+    assert code == 0 and "current base version is now v0" in out
+    code, out = invoke("versions", bank)
+    assert out.splitlines()[0].startswith("* v0") and out.splitlines()[1].startswith("  v1")
+    assert "(trained on v0" not in invoke("list", bank)[1]
+    code, out = invoke("generate", bank, "--prompt", "abc fed", "--max-new-tokens", "3", "--json", "--ood-quantile", "0")
+    assert code == 0 and json.loads(out)["task"] == "alpha"
+    for args, message in ((["predict", bank, "--text", "x"], "predict needs a classification bank"),
+                          (["generate", cli_bank, "--prompt", "x"], "generate needs a causal-LM bank"),
+                          (["rollback", cli_bank, "v0"], "rollback needs a causal-LM bank"),
+                          (["rollback", bank, "v9"], "no base version 'v9'")):
+        code, _ = invoke(*args)
+        assert code == 1 and message in invoke.stderr and invoke.stderr.count("\n") <= 1, (args, invoke.stderr)
 
 
 def test_list_and_bad_input_do_not_load_torch(cli_bank, tmp_path):
@@ -117,13 +179,17 @@ def test_list_and_bad_input_do_not_load_torch(cli_bank, tmp_path):
     assert result.stdout.strip().splitlines()[-1] == "False False"
 
 
-def test_wheel_installs_cli_under_a_unique_name(tmp_path):
-    """No generic top-level `cli` package may land in site-packages."""
-    root = Path(__file__).resolve().parents[1]
+def test_wheel_holds_every_module_and_the_cli_under_a_unique_name(tmp_path):
+    """Every module of the package tree lands in the wheel (packages are discovered, not listed), and no
+    generic top-level `cli` package does."""
+    root = Path(__file__).resolve().parents[2]
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(root)],
                    check=True, capture_output=True)
-    wheel = next(tmp_path.glob("adapterbank-*.whl"))
-    tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
+    names = set(zipfile.ZipFile(next(tmp_path.glob("adapterbank-*.whl"))).namelist())
+    tops = {name.split("/")[0] for name in names}
     assert "adapterbank_cli" in tops and "adapterbank" in tops
     assert "cli" not in tops and not any(t.startswith(("tests", "benchmarks")) for t in tops)
-    assert any(n.startswith("adapterbank/demo_data/banking/") for n in zipfile.ZipFile(wheel).namelist())
+    modules = {str(p.relative_to(root)) for p in (root / "adapterbank").rglob("*.py")}
+    assert len(modules) > 40 and modules <= names, sorted(modules - names)
+    assert {f"adapterbank_cli/{p.name}" for p in (root / "cli").glob("*.py")} <= names
+    assert any(n.startswith("adapterbank/demo_data/banking/") for n in names)
