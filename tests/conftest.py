@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random BERT bases (milliseconds per step) and small synthetic tasks."""
+"""Shared fixtures and helpers: tiny random BERT and Llama bases (milliseconds per step), small synthetic
+tasks and domain corpora, file hashes, and the CLI as the console script runs it."""
 
 from __future__ import annotations
 
@@ -47,8 +48,10 @@ def other_tiny_base(tmp_path_factory) -> str:
 
 # Each task draws its words from its own letters, and each label has a keyword, so even a random
 # tiny encoder separates tasks (router) and a trained module separates labels.
-TASK_LETTERS = {"alpha": "abcdef", "beta": "ghijkl", "gamma": "mnopqr"}
-TASK_LABELS = {"alpha": ["a_one", "a_two"], "beta": ["b_one", "b_two", "b_three"], "gamma": ["g_one"]}
+TASK_LETTERS = {"alpha": "abcdef", "beta": "ghijkl", "gamma": "mnopqr", "delta": "stuvwx"}
+TASK_LABELS = {"alpha": ["a_one", "a_two"], "beta": ["b_one", "b_two", "b_three"], "gamma": ["g_one"],
+               "delta": ["d_one", "d_two"]}
+FIXTURE_TASKS = ("alpha", "beta", "gamma")  # the tasks of `task_files`; delta is a spare with its own letters
 
 
 def synthetic_rows(task: str, per_label: int, seed: int) -> list[dict]:
@@ -74,7 +77,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 def task_files(tmp_path) -> dict[str, tuple[Path, Path]]:
     """(train, test) JSONL per synthetic task."""
     files = {}
-    for task in TASK_LETTERS:
+    for task in FIXTURE_TASKS:
         train = write_jsonl(tmp_path / f"{task}_train.jsonl", synthetic_rows(task, per_label=24, seed=0))
         test = write_jsonl(tmp_path / f"{task}_test.jsonl", synthetic_rows(task, per_label=8, seed=1))
         files[task] = (train, test)
@@ -85,3 +88,62 @@ def tree_hashes(root: Path) -> dict[str, str]:
     """sha256 of every file under root, by relative path (to prove nothing changed)."""
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# -- causal LMs ------------------------------------------------------------------------------------
+def write_tiny_llama(directory: Path, seed: int = 0) -> Path:
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<eos>", "<unk>"]
+    vocab = {token: i for i, token in enumerate(specials + sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(directory)
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+                         pad_token_id=0, eos_token_id=1, bos_token_id=1, tie_word_embeddings=False)
+    LlamaForCausalLM(config).save_pretrained(directory)
+    return directory
+
+
+DOMAIN_WORDS = {"alpha": "abcdef", "beta": "ghijkl", "gamma": "mnopqr"}
+
+
+def domain_texts(domain: str, count: int, seed: int) -> list[str]:
+    """Texts made of words over the domain's letters, with a repeated pattern a module can learn."""
+    rng = random.Random(f"{domain}-{seed}")
+    letters = DOMAIN_WORDS[domain]
+    texts = []
+    for _ in range(count):
+        words = ["".join(rng.choice(letters) for _ in range(rng.randint(2, 5))) for _ in range(rng.randint(4, 9))]
+        texts.append(" ".join(words) + " " + letters[:3] + ".")
+    return texts
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> str:
+    return str(write_tiny_llama(tmp_path_factory.mktemp("tiny-llama")))
+
+
+# -- the CLI ---------------------------------------------------------------------------------------
+def invoke(*args):
+    """Run the CLI as the console script does (library errors -> one line on stderr, exit 1); returns
+    (exit code, stdout) and leaves stderr in `invoke.stderr`."""
+    from typer.testing import CliRunner
+
+    from adapterbank import AdapterBankError
+    from adapterbank_cli.main import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args], standalone_mode=True, catch_exceptions=True)
+    if result.exception and not isinstance(result.exception, SystemExit):
+        assert isinstance(result.exception, AdapterBankError), result.exception
+        invoke.stderr = f"error: {result.exception}"
+        return 1, str(result.exception)
+    invoke.stderr = result.stderr
+    return result.exit_code, result.stdout

@@ -1,6 +1,8 @@
 import torch
 
-from adapterbank.routing.index import INDEX_FILE, RouterIndex, class_statistics, save_statistics, sync_index
+from adapterbank.routing.index import RouterIndex, sync_index
+from adapterbank.routing.statistics import class_statistics, save_statistics
+from adapterbank.store.registry import INDEX_FILE
 
 
 def _gaussian_task(centres: list[list[float]], per_class: int, seed: int, spread: float = 0.1):

@@ -7,10 +7,10 @@ import pytest
 
 from adapterbank import AdapterBank
 from adapterbank.errors import IntegrityError
-from adapterbank.routing.index import INDEX_FILE
+from adapterbank.store.registry import INDEX_FILE
 
 from conftest import tree_hashes
-from test_cli import invoke
+from conftest import invoke
 
 FAST = {"epochs": 4, "progress": False}
 
