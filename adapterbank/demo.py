@@ -11,6 +11,7 @@ from typing import Callable
 from .bank import AdapterBank
 from .classify.bank import Prediction
 from .data import load_dataset
+from .kinds import DEFAULT_KIND
 
 DEMO_TASKS = ("banking", "travel", "home", "greeting")  # disjoint labels; "greeting" has a single label
 
@@ -32,7 +33,7 @@ def demo_data_dir() -> Path:
     return Path(str(resources.files("adapterbank") / "demo_data"))
 
 
-def run_demo(bank_path: str | Path, kind: str = "lora", device: str = "auto", progress: bool = True,
+def run_demo(bank_path: str | Path, kind: str = DEFAULT_KIND, device: str = "auto", progress: bool = True,
              echo: Callable[[str], None] = print) -> DemoResult:
     """Create a bank on the default base, add every demo task, and predict their test texts without task ids."""
     started = time.perf_counter()

@@ -68,7 +68,8 @@ def init(
     """Create an empty bank over a frozen base model. A causal LM's base is stored in the bank as
     safetensors (bases/v0), so later commands start in seconds."""
     created = AdapterBank.create(bank, base=base, device=device, router_encoder=router_encoder)
-    extra = f", base version v0 stored in {created.path / 'bases'}" if created.family == "causal" else ""
+    extra = f", base version {created.current_base_version} stored in {created.path / 'bases'}" \
+        if hasattr(created, "current_base_version") else ""
     typer.echo(f"created bank {created.path} (base {created.base_id}{extra})")
 
 
@@ -90,7 +91,7 @@ def add_task(
     opened = _open(bank, device)
     info = opened.add_task(name, train, eval=eval_path, progress=not quiet, kind=kind.value,
                            **({"objective": objective.value} if objective else {}), **(settings or {}))
-    typer.echo(_ADDED[info.objective](info))
+    typer.echo(_ADDED.get(info.objective, _added_classification)(info))
 
 
 def _added_classification(info: TaskInfo) -> str:

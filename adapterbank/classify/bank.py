@@ -279,8 +279,8 @@ class ClassifierBank(AdapterBank, family="classifier"):
         return self._runner
 
     # -- export ---------------------------------------------------------------------------------
-    def export(self, out: str | os.PathLike, task: str | None = None, peft: bool = False,
-               base_version: str | None = None) -> Path:
+    def export(self, out: str | os.PathLike, task: str | None = None, base_version: str | None = None,
+               peft: bool = False) -> Path:
         """Write the encoder as a plain Hugging Face checkpoint (`AutoModel.from_pretrained(out)`), with
         `task`'s module folded in and its head (`head.safetensors`, `labels.json`) beside it; or with
         `peft=True` the task's module as a PEFT directory. Atomic: nothing is left at `out` on failure."""

@@ -18,6 +18,7 @@ from typing import Sequence
 from ..bank import AdapterBank
 from ..core.models import DEFAULT_BASE
 from ..errors import AdapterBankError
+from ..kinds import DEFAULT_KIND
 from . import metrics
 from .scenarios import TaskData
 
@@ -48,7 +49,7 @@ def _predict_tasks(bank: AdapterBank, tasks: Sequence[TaskData], which: Sequence
     return out
 
 
-def run(tasks: list[TaskData], out_dir: Path, scenario: str = "class", base: str = DEFAULT_BASE, kind: str = "lora",
+def run(tasks: list[TaskData], out_dir: Path, scenario: str = "class", base: str = DEFAULT_BASE, kind: str = DEFAULT_KIND,
         seed: int = 0, baselines: Sequence[str] = ("joint", "seqlora", "ncm"), device: str = "auto",
         progress: bool = True, bank_dir: Path | None = None) -> dict:
     """Run the protocol on a fresh bank at `bank_dir` (default `out_dir/bank`, kept for inspection).

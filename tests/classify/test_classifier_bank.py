@@ -280,7 +280,7 @@ def test_a_one_label_task_has_no_module_to_export(bank, task_files, tmp_path):
 
 
 def test_route_on_a_classification_bank(bank, task_files):
-    assert bank.route(["aaaaaa bcd"]) == [] or bank.route(["aaaaaa bcd"])[0].tasks == []  # no tasks yet: no candidates
+    assert [(r.tasks, r.in_scope) for r in bank.route(["aaaaaa bcd"])] == [([], False)]  # no tasks yet: no candidates
     for task in ("alpha", "beta"):
         bank.add_task(task, task_files[task][0], **FAST)
     texts = load_dataset(task_files["alpha"][1]).texts[:3] + load_dataset(task_files["beta"][1]).texts[:3]
