@@ -194,20 +194,29 @@ class AdapterBank:
             raise AdapterBankError(f"config must be a {self.objectives[objective].__name__}, got {type(config).__name__}")
         return dataclasses.replace(config)  # validated again, and the caller's object is never changed
 
+    def _export_peft(self, out: str | os.PathLike, info: TaskInfo | None, base_name: str) -> Path:
+        """`export --peft`, for both families: the module as a PEFT directory naming `base_name` as its base."""
+        from .kinds import write_peft_dir
+        from .store.files import write_new_dir
+
+        if info is None:
+            raise AdapterBankError("--peft exports a module: name it with --task")
+        return write_new_dir(out, lambda staging: write_peft_dir(info.path, staging, base_name), what="--out")
+
     # -- routing --------------------------------------------------------------------------------
     def router_features(self, texts: Sequence[str]):
-        """[len(texts), D] features the router scores (family-specific)."""
+        """[len(texts), D] features the router scores."""
+        return self._router_features(texts, self._records())
+
+    def _router_features(self, texts: Sequence[str], records: dict[str, TaskInfo]):
+        """The family's router features of `texts`, given the tasks on disk now."""
         raise NotImplementedError
 
     def route(self, texts: Sequence[str], method: str | None = None, ood_quantile: float | None = None,
               top_k: int = SHOWN_CANDIDATES) -> list:
         """The router's view of each text: candidate tasks best first with probabilities, and whether the
         text is in scope of the best one (routing.index.Route objects). Nothing is run but the router."""
-        if isinstance(texts, str):
-            texts = [texts]
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise DataError(f"text #{i + 1}: expected a string, got {type(text).__name__}")
+        texts = as_texts(texts)
         method, quantile = self._router_settings(method, ood_quantile)
         return self._route(self._records(), texts, method, quantile, top_k)
 
@@ -217,7 +226,7 @@ class AdapterBank:
 
         if not records or not texts:
             return [Route([], [], in_scope=False) for _ in texts]
-        return self._index(records).route(self.router_features(texts), top_k=min(top_k, len(records)), method=method,
+        return self._index(records).route(self._router_features(texts, records), top_k=min(top_k, len(records)), method=method,
                                           ood_quantile=quantile)
 
     def _records(self) -> dict[str, TaskInfo]:
@@ -262,3 +271,13 @@ class AdapterBank:
     def _require_task(self, task: str | None, records: dict[str, TaskInfo]) -> None:
         if task is not None and task not in records:
             raise TaskNotFoundError(f"no task named {task!r} in bank {self.path}")
+
+
+def as_texts(texts: str | Sequence[str]) -> Sequence[str]:
+    """Texts to route or label: a single string is one text; anything but strings is refused by position."""
+    if isinstance(texts, str):
+        return [texts]
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise DataError(f"text #{i + 1}: expected a string, got {type(text).__name__}")
+    return texts

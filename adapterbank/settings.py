@@ -48,11 +48,3 @@ def check_number(name: str, value: Any, *, above: float | None = None, minimum: 
         raise AdapterBankError(f"{name} must be at least {minimum}, got {value}")
     if maximum is not None and value > maximum:
         raise AdapterBankError(f"{name} must be at most {maximum}, got {value}")
-
-
-def field_help(cls: type, name: str) -> str:
-    return next(f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name == name)
-
-
-def field_default(cls: type, name: str) -> Any:
-    return next(f.default for f in dataclasses.fields(cls) if f.name == name)

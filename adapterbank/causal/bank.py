@@ -161,7 +161,7 @@ class CausalBank(AdapterBank, family="causal"):
         else:
             blocks, held_out = split_held_out(blocks, config.seed)
         started = time.perf_counter()
-        features = self.router_features(router_texts(base.tokenizer, blocks, ROUTER_SAMPLE_BLOCKS, config.seed))
+        features = self._router_features(router_texts(base.tokenizer, blocks, ROUTER_SAMPLE_BLOCKS, config.seed), {})
         stats = class_statistics(features, [0] * len(features), 1)
         faults.point("lower-pass")
         pad = pad_id_of(base.tokenizer)
@@ -189,7 +189,7 @@ class CausalBank(AdapterBank, family="causal"):
         return self.task(name)
 
     # -- routing --------------------------------------------------------------------------------
-    def router_features(self, texts: Sequence[str]):
+    def _router_features(self, texts: Sequence[str], records: dict[str, TaskInfo]):
         """The router encoder's features of `texts` (mean pools of its lower layers, as for classification)."""
         from ..core.backbone import SplitEncoder
         from ..core.encoding import map_batches, tokenize
@@ -330,7 +330,7 @@ class CausalBank(AdapterBank, family="causal"):
         given): `AutoModelForCausalLM.from_pretrained(out)` loads it; or with `peft=True` the module as a
         PEFT directory naming the base it needs. Atomic: nothing is left at `out` on failure."""
         from ..core.models import save_checkpoint
-        from ..kinds import merged_model, write_peft_dir
+        from ..kinds import merged_model
         from ..store.files import ensure_new_dir, write_new_dir
 
         ensure_new_dir(out, "--out")
@@ -338,11 +338,9 @@ class CausalBank(AdapterBank, family="causal"):
         if info is not None:
             self._check_task(info.name, info)
         if peft:
-            if info is None:
-                raise AdapterBankError("--peft exports a module: name it with --task")
-            trained_on = info.record.get("base", {}).get("version")
+            trained_on = info.record.get("base", {}).get("version") if info is not None else None
             base_name = self.base_id if trained_on in (None, "v0") else str(versions.version_dir(self.path, trained_on).resolve())
-            return write_new_dir(out, lambda staging: write_peft_dir(info.path, staging, base_name), what="--out")
+            return self._export_peft(out, info, base_name)
         version = base_version or (info.record["base"]["version"] if info is not None else self.current_base_version)
         if info is not None and info.record["base"]["version"] != version:
             raise BaseMismatchError(f"task {info.name!r} was trained on base {info.record['base']['version']}, not {version}; "

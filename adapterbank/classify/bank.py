@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Sequence
 
 from .. import faults
 from ..version import __version__
-from ..bank import SHOWN_CANDIDATES, AdapterBank, DataLike, TaskInfo
+from ..bank import SHOWN_CANDIDATES, AdapterBank, DataLike, TaskInfo, as_texts
 from ..core.models import Base
 from ..data import as_dataset, check_label_count
 from ..errors import AdapterBankError, BankError, DataError
@@ -206,17 +206,12 @@ class ClassifierBank(AdapterBank, family="classifier"):
         """
         from tqdm.auto import tqdm
 
-        from ..core import DEFAULT_MAX_LENGTH
         from ..core.encoding import collate, length_batches, pad_id_of, tokenize
         from ..routing.index import Route
         from ..settings import check_number
         from .inference import run_modules
 
-        if isinstance(texts, str):
-            texts = [texts]
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise DataError(f"text #{i + 1}: expected a string, got {type(text).__name__}")
+        texts = as_texts(texts)
         if composition not in COMPOSITIONS:
             raise AdapterBankError(f"unknown composition {composition!r}; choose one of: {', '.join(COMPOSITIONS)}")
         check_number("top_k", top_k, minimum=1, integer=True)
@@ -231,8 +226,7 @@ class ClassifierBank(AdapterBank, family="classifier"):
         base = self.base
         index, model = self._sync(records)
         k = 1 if composition == "top1" else top_k
-        max_length = max(info.record.get("hyperparameters", {}).get("max_length", DEFAULT_MAX_LENGTH) for info in records.values())
-        token_ids = tokenize(base.tokenizer, texts, max_length)
+        token_ids = tokenize(base.tokenizer, texts, _max_length(records))
         results: list[Prediction | None] = [None] * len(texts)
         for batch in tqdm(length_batches(token_ids, batch_size), desc="predict", unit="batch", disable=not progress, leave=False):
             input_ids, mask = collate([token_ids[i] for i in batch], pad_id_of(base.tokenizer), self.device)
@@ -248,17 +242,13 @@ class ClassifierBank(AdapterBank, family="classifier"):
                 results[batch[row]] = _answer(route, mixture, composition)
         return results  # type: ignore[return-value]
 
-    def router_features(self, texts: Sequence[str]):
-        """The router's features of `texts`: mean pools of the base's lower layers (core/backbone.py)."""
-        from ..core import DEFAULT_MAX_LENGTH
+    def _router_features(self, texts: Sequence[str], records: dict[str, TaskInfo]):
+        """Mean pools of the base's lower layers (core/backbone.py), texts cut as predict cuts them."""
         from ..core.encoding import map_batches, tokenize
 
-        base = self.base
-        max_length = max([info.record.get("hyperparameters", {}).get("max_length", DEFAULT_MAX_LENGTH)
-                          for info in self.tasks()] or [DEFAULT_MAX_LENGTH])
-        model = self._model()
-        return map_batches(lambda ids, mask: model.lower(ids, mask).router_features, tokenize(base.tokenizer, texts, max_length),
-                           base.tokenizer, self.device)
+        base, model = self.base, self._model()
+        return map_batches(lambda ids, mask: model.lower(ids, mask).router_features,
+                           tokenize(base.tokenizer, texts, _max_length(records)), base.tokenizer, self.device)
 
     def _sync(self, records: dict[str, TaskInfo]):
         """Router index and routed model for the tasks on disk now. Tasks added, removed or replaced
@@ -285,7 +275,7 @@ class ClassifierBank(AdapterBank, family="classifier"):
         `task`'s module folded in and its head (`head.safetensors`, `labels.json`) beside it; or with
         `peft=True` the task's module as a PEFT directory. Atomic: nothing is left at `out` on failure."""
         from ..core.models import save_checkpoint
-        from ..kinds import get_kind, merged_model, write_peft_dir
+        from ..kinds import get_kind, merged_model
         from ..store.files import ensure_new_dir, write_new_dir
         from .heads import export_head
 
@@ -299,9 +289,7 @@ class ClassifierBank(AdapterBank, family="classifier"):
         if info is not None:
             self._check_task(info.name, info)
         if peft:
-            if info is None:
-                raise AdapterBankError("--peft exports a module: name it with --task")
-            return write_new_dir(out, lambda staging: write_peft_dir(info.path, staging, self.base_id), what="--out")
+            return self._export_peft(out, info, self.base_id)
         if info is not None and not get_kind(info.kind).merges_into_weights:
             raise AdapterBankError(f"task {info.name!r} is a {info.kind} module, which does not fold into weights; "
                                    "export it with --peft")
@@ -314,6 +302,14 @@ class ClassifierBank(AdapterBank, family="classifier"):
                 export_head(info.path, staging, info.labels)
 
         return write_new_dir(out, fill, what="--out")
+
+
+def _max_length(records: dict[str, TaskInfo]) -> int:
+    """Tokens per text at inference: the longest any task was trained with."""
+    from ..core import DEFAULT_MAX_LENGTH
+
+    return max([info.record.get("hyperparameters", {}).get("max_length", DEFAULT_MAX_LENGTH)
+                for info in records.values()] or [DEFAULT_MAX_LENGTH])
 
 
 def _answer(route, mixture: dict, composition: str) -> Prediction:

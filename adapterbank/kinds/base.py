@@ -126,7 +126,7 @@ def build_config(config_cls: type, family: str, values: dict[str, Any]) -> Any:
             if owners:
                 raise AdapterBankError(f"{key} is a setting of kind {' / '.join(owners)}, not {kind.name}")
             raise AdapterBankError(f"{key} is not a setting of {config_cls.objective} tasks "
-                                   f"(settings: {', '.join(sorted(fields | set().union(*(_params(k) for k in KINDS.values()))))})")
+                                   f"(settings: {', '.join(sorted(fields | _params(kind)))})")
     return config_cls(**{**values, "kind": kind.name}, params=kind.params(**params))
 
 

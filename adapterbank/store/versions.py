@@ -43,15 +43,17 @@ def version_dir(root: Path, version: str) -> Path:
     return Path(root) / BASES / version
 
 
+def _record(version: str, fingerprint: str, lineage: dict, files: dict[str, str]) -> dict:
+    return {"version": version, "fingerprint": fingerprint, "created_at": utc_now(), "lineage": lineage, "files": files}
+
+
 def first_version(root: Path, write: Callable[[Path], None], fingerprint: str, source: str) -> dict:
     """Write `bases/v0` under a bank being created (`root` is still its staging directory); the
     bank.json fields that list it."""
     directory = version_dir(root, "v0")
     directory.mkdir(parents=True)
     write(directory)
-    record = {"version": "v0", "fingerprint": fingerprint, "created_at": utc_now(), "lineage": {"source": source},
-              "files": hash_files(directory)}
-    return {"base_versions": [record], "current_base": "v0"}
+    return {"base_versions": [_record("v0", fingerprint, {"source": source}, hash_files(directory))], "current_base": "v0"}
 
 
 def publish_version(registry: Registry, write: Callable[[Path], None], fingerprint: str, lineage: dict) -> dict:
@@ -72,8 +74,7 @@ def publish_version(registry: Registry, write: Callable[[Path], None], fingerpri
             staging.rename(target)
             fsync_dir(bases)
             faults.point("base-renamed")
-            record = {"version": version, "fingerprint": fingerprint, "created_at": utc_now(), "lineage": lineage,
-                      "files": files}
+            record = _record(version, fingerprint, lineage, files)
 
             def add(manifest: dict) -> dict:
                 manifest["base_versions"] = [*manifest.get("base_versions", []), record]
