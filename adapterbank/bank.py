@@ -16,16 +16,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
-from .core.models import DEFAULT_BASE
+from .core.models import DEFAULT_BASE, check_device
 from .data import Dataset
-from .errors import AdapterBankError, BankError, DataError, TaskNotFoundError, UnsupportedOperationError
+from .errors import AdapterBankError, AdapterBankWarning, BankError, DataError, TaskNotFoundError, UnsupportedOperationError
 from .store import VerifyReport, verify_bank
 from .store.files import ensure_new_dir
-from .store.registry import Registry
+from .store.registry import INDEX_FILE, Registry
 
 SHOWN_CANDIDATES = 3  # router candidates reported with each answer
 
@@ -55,6 +56,9 @@ class TaskInfo:
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.path.iterdir() if p.is_file())
 
+    def __repr__(self) -> str:
+        return f"TaskInfo({self.name!r}, objective={self.objective!r}, kind={self.kind!r}, labels={len(self.labels)})"
+
 
 DataLike = str | os.PathLike | Dataset
 
@@ -75,6 +79,7 @@ class AdapterBank:
             AdapterBank._families[family] = cls
 
     def __init__(self, registry: Registry, device: str = "auto"):
+        check_device(device)
         self.registry = registry
         self._device_spec = device
         self._router = None  # routing.index.RouterIndex over the tasks in self._synced
@@ -91,6 +96,7 @@ class AdapterBank:
         (default all-MiniLM-L6-v2). Nothing is written unless the whole bank is."""
         from .core.models import is_causal_lm
 
+        check_device(device)
         ensure_new_dir(path, "bank directory")  # checked before the (slow) model load
         family = cls._family("causal" if is_causal_lm(base) else "classifier")
         return family._create(Path(path).expanduser(), base, device, router_encoder)
@@ -142,7 +148,11 @@ class AdapterBank:
         return self.registry.manifest["base"]["id"]
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({str(self.path)!r}, base={self.base_id!r})"
+        try:
+            detail = f"base={self.base_id!r}, tasks={len(self.registry.read_tasks())}"
+        except AdapterBankError:
+            detail = "gone"
+        return f"{type(self).__name__}({str(self.path)!r}, {detail})"
 
     def __getattr__(self, name: str) -> Any:
         """Operations of the other family fail with one line saying which kind of bank has them."""
@@ -155,16 +165,27 @@ class AdapterBank:
 
     # -- tasks ----------------------------------------------------------------------------------
     def tasks(self) -> list[TaskInfo]:
-        """Every task, in the order they were added."""
-        return [TaskInfo(name, self.registry.tasks_dir / name, record) for name, record in self.registry.read_tasks().items()]
+        """Every task, in the order they were added. A damaged task (its task.json missing or failing its
+        checksum) is left out with an AdapterBankWarning naming it and the command that removes it: the
+        other tasks keep answering."""
+        records, damaged = self.registry.scan_tasks()
+        for name in damaged:
+            warnings.warn(self.registry.damaged_message(name), AdapterBankWarning, stacklevel=2)
+        return [TaskInfo(name, self.registry.tasks_dir / name, record) for name, record in records.items()]
+
+    def labels(self) -> list[str]:
+        """Every label of every task, in the order the tasks were added (a label two tasks share, once)."""
+        return list(dict.fromkeys(label for task in self.tasks() for label in task.labels))
 
     def task(self, name: str) -> TaskInfo:
         directory = self.registry.task_dir(name)
         return TaskInfo(name, directory, self.registry.read_task(name))
 
     def remove_task(self, name: str) -> None:
-        """Remove a task and its files; it is no longer routed to from the next call on."""
+        """Remove a task and its files (a damaged task too); it is no longer routed to from the next call on."""
         self.registry.remove_task(name)
+        if self.registry.read_tasks() and (self.path / INDEX_FILE).exists():
+            self._save_index()
 
     def verify(self) -> VerifyReport:
         """Every file of the bank against its recorded checksum (see store/verify.py)."""
@@ -194,14 +215,22 @@ class AdapterBank:
             raise AdapterBankError(f"config must be a {self.objectives[objective].__name__}, got {type(config).__name__}")
         return dataclasses.replace(config)  # validated again, and the caller's object is never changed
 
-    def _export_peft(self, out: str | os.PathLike, info: TaskInfo | None, base_name: str) -> Path:
-        """`export --peft`, for both families: the module as a PEFT directory naming `base_name` as its base."""
+    def _export_peft(self, out: str | os.PathLike, info: TaskInfo | None, base_name: str,
+                     extra: Callable[[Path], None] | None = None) -> Path:
+        """`export --peft`, for both families: the module as a PEFT directory naming `base_name` as its base
+        (`extra(directory)` adds family files, e.g. a classifier's head and labels)."""
         from .kinds import write_peft_dir
         from .store.files import write_new_dir
 
         if info is None:
             raise AdapterBankError("--peft exports a module: name it with --task")
-        return write_new_dir(out, lambda staging: write_peft_dir(info.path, staging, base_name), what="--out")
+
+        def fill(staging: Path) -> None:
+            write_peft_dir(info.path, staging, base_name)
+            if extra is not None:
+                extra(staging)
+
+        return write_new_dir(out, fill, what="--out")
 
     # -- routing --------------------------------------------------------------------------------
     def router_features(self, texts: Sequence[str]):
@@ -246,6 +275,16 @@ class AdapterBank:
         if not quantile < 1:
             raise AdapterBankError(f"ood_quantile must be in [0, 1), got {quantile}")
         return method, quantile
+
+    def _save_index(self) -> None:
+        """Writers (add-task, remove) save the derived router index for the next open; reads never write.
+        A failed save (disk full, read-only) only warns: the task is in, and readers rebuild the index."""
+        from .routing.index import save_index
+
+        problem = save_index(self.path, self._index(self._records()))
+        if problem is not None:
+            warnings.warn(f"the router index was not saved ({problem}); the bank answers all the same, "
+                          "rebuilding it in memory when opened", AdapterBankWarning, stacklevel=3)
 
     def _index(self, records: dict[str, TaskInfo]):
         """The router index over `records`, rebuilt or extended when the tasks on disk changed."""

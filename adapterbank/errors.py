@@ -32,6 +32,11 @@ class ModelNotFoundError(AdapterBankError):
     """The base model could not be resolved or loaded."""
 
 
+class StorageError(BankError):
+    """The file system refused a write or a read (disk full, read-only, permissions, path gone); the bank
+    is left as it was before the operation."""
+
+
 class IntegrityError(BankError):
     """A bank file does not match its recorded checksum: edited, truncated, swapped or damaged."""
 
@@ -43,3 +48,8 @@ class BaseMismatchError(BankError):
 class UnsupportedOperationError(AdapterBankError, AttributeError):
     """An operation of the other bank family (`predict` on a causal-LM bank, `generate` on a classification
     bank). Also an AttributeError, so `hasattr(bank, "predict")` tells which operations a bank has."""
+
+
+class AdapterBankWarning(UserWarning):
+    """Something the user should know that does not stop the operation (a damaged task skipped, a derived
+    file not saved). The CLI prints these as one `warning: ...` line."""

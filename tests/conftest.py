@@ -133,17 +133,48 @@ def tiny_llama(tmp_path_factory) -> str:
 
 # -- the CLI ---------------------------------------------------------------------------------------
 def invoke(*args):
-    """Run the CLI as the console script does (library errors -> one line on stderr, exit 1); returns
-    (exit code, stdout) and leaves stderr in `invoke.stderr`."""
-    from typer.testing import CliRunner
+    """Run the CLI exactly as the console script does (`adapterbank_cli.main.run`: every error one line on
+    stderr); returns (exit code, stdout) and leaves stderr in `invoke.stderr`. Only a bug escapes."""
+    from click.testing import CliRunner
 
-    from adapterbank import AdapterBankError
-    from adapterbank_cli.main import app
+    from adapterbank_cli.main import run
 
-    result = CliRunner().invoke(app, [str(a) for a in args], standalone_mode=True, catch_exceptions=True)
-    if result.exception and not isinstance(result.exception, SystemExit):
-        assert isinstance(result.exception, AdapterBankError), result.exception
-        invoke.stderr = f"error: {result.exception}"
-        return 1, str(result.exception)
-    invoke.stderr = result.stderr
-    return result.exit_code, result.stdout
+    with CliRunner().isolation() as (stdout, stderr, _):
+        code = run([str(a) for a in args])
+    invoke.stderr = stderr.getvalue().decode("utf-8", "replace")
+    return code, stdout.getvalue().decode("utf-8", "replace")
+
+
+# -- small banks to copy ---------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def classifier_template(tmp_path_factory, tiny_base) -> Path:
+    """A classification bank over the tiny BERT with tasks alpha (LoRA) and beta (prompt), briefly trained;
+    tests copy it (`copy_bank`) before changing anything."""
+    from adapterbank import AdapterBank
+
+    folder = tmp_path_factory.mktemp("classifier-template")
+    root = folder / "bank"
+    bank = AdapterBank.create(root, base=tiny_base, device="cpu")
+    for task, kind in (("alpha", "lora"), ("beta", "prompt")):
+        bank.add_task(task, write_jsonl(folder / f"{task}.jsonl", synthetic_rows(task, per_label=12, seed=0)),
+                      kind=kind, epochs=3, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def causal_template(tmp_path_factory, tiny_llama, tiny_base) -> Path:
+    """A causal bank over the tiny Llama with clm modules alpha and beta on v0 (copy before changing)."""
+    from adapterbank import AdapterBank
+
+    root = tmp_path_factory.mktemp("causal-template") / "bank"
+    bank = AdapterBank.create(root, base=tiny_llama, router_encoder=tiny_base, device="cpu")
+    for domain in ("alpha", "beta"):
+        bank.add_task(domain, domain_texts(domain, 80, seed=0), block_size=32, max_steps=6, lr=1e-2, progress=False)
+    return root
+
+
+def copy_bank(template: Path, destination: Path) -> Path:
+    import shutil
+
+    shutil.copytree(template, destination)
+    return destination

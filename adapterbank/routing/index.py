@@ -145,11 +145,21 @@ def _digest(tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+def in_scope_share(stats: dict[str, torch.Tensor], features: torch.Tensor, quantile: float) -> float:
+    """The share of `features` a task with statistics `stats` would keep in scope at `quantile`: a check,
+    at add-task time, that the task's own held-out text is not refused by its own threshold."""
+    index = RouterIndex.empty(features.shape[1])
+    index.add("probe", "probe", stats)
+    kept = index.in_scope(features.cpu(), torch.zeros(len(features), dtype=torch.long), quantile)
+    return float(kept.float().mean()) if len(kept) else 1.0
+
+
 def sync_index(bank_root: Path, tasks: dict[str, tuple[str, Path]], dim: int, cached: RouterIndex | None = None,
                verify=None) -> RouterIndex:
     """The index for exactly `tasks` (name -> (id, dir)): reuse `cached` or the saved index when they
     match, extend it when tasks were only added, rebuild from the per-task files otherwise.
-    `verify(name)` is called before a task's statistics are read (integrity check)."""
+    `verify(name)` is called before a task's statistics are read (integrity check). Only reads: the
+    writers (add-task, remove) save the index with `save_index`."""
     wanted = [(name, task_id) for name, (task_id, _) in tasks.items()]
     path = Path(bank_root) / INDEX_FILE
     index = cached
@@ -167,8 +177,19 @@ def sync_index(bank_root: Path, tasks: dict[str, tuple[str, Path]], dim: int, ca
         if verify is not None:
             verify(name)
         index.add(name, task_id, load_statistics(tasks[name][1]))
+    return index
+
+
+def save_index(bank_root: Path, index: RouterIndex) -> str | None:
+    """Save the derived index so the next open starts fast. Best effort: on a full or read-only disk the
+    bank still answers (readers rebuild the index in memory); returns the reason when it was not saved."""
+    from ..store.files import describe_write_error, is_write_error
+
+    path = Path(bank_root) / INDEX_FILE
     try:
         index.save(path)
-    except OSError:
-        pass  # a read-only bank still routes; it just rebuilds the index next time
-    return index
+    except Exception as exc:
+        if not is_write_error(exc):
+            raise
+        return describe_write_error(exc, path)
+    return None

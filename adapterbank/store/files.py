@@ -19,15 +19,64 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..errors import BankError, IntegrityError
+from safetensors import SafetensorError
+
+from ..errors import BankError, IntegrityError, StorageError
 
 TEMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
+# What a failed write raises: the OS's errors, and safetensors' (its writer is Rust: a full disk comes back
+# as SafetensorError, not OSError). The tokenizers library raises a bare Exception ending in "(os error N)".
+WRITE_ERRORS = (OSError, SafetensorError)
+_RUST_IO_ERROR = re.compile(r"\(os error \d+\)")
+
+
+def is_write_error(exc: BaseException) -> bool:
+    """Whether `exc` is the file system refusing a write (disk full, read-only, ...), whichever library raised it."""
+    return isinstance(exc, WRITE_ERRORS) or (type(exc) is Exception and bool(_RUST_IO_ERROR.search(str(exc))))
+
+
+# -- errors -----------------------------------------------------------------------------------------
+def describe_write_error(exc: BaseException, where: str | Path) -> str:
+    """One line: what the file system said, and where. `where` names the operation's target when the
+    error does not carry a file name (safetensors' errors do not)."""
+    if isinstance(exc, OSError):
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        return f"{exc.filename or where}: {reason}"
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return f"{where}: {text}"
+
+
+@contextlib.contextmanager
+def storage_errors(where: str | Path, action: str = "cannot write") -> Iterator[None]:
+    """Turn a file-system failure inside the block into StorageError (one line naming the path)."""
+    try:
+        yield
+    except Exception as exc:
+        if not is_write_error(exc):
+            raise
+        raise StorageError(f"{action} {describe_write_error(exc, where)}") from None
+
+
+def make_readable(directory: Path) -> None:
+    """Files written through temp files (safetensors, tempfile) can come out 0600: give every file in
+    `directory` the mode a plain `open()` would (0666 less the umask), like the JSON beside them."""
+    mask = _umask()
+    for entry in Path(directory).iterdir():
+        if entry.is_file():
+            os.chmod(entry, 0o666 & ~mask)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 # -- atomic files ---------------------------------------------------------------------------------
@@ -38,6 +87,7 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     tmp = path.with_name(_temp_name(path.name))
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # as readable as a plain open() makes it, whoever wrote the temp file
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -46,9 +96,14 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
 
 def write_json_atomic(path: Path, payload: dict) -> None:
     """JSON written atomically, fsynced before the rename."""
+    try:  # NaN and Infinity are not JSON: refuse them before anything is written
+        text = json.dumps(payload, indent=2, ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        raise IntegrityError(f"{path}: refusing to write a value that is not a finite number (NaN or Infinity)") from None
+
     def write(tmp: Path) -> None:
         with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2, ensure_ascii=False)
+            handle.write(text)
             handle.write("\n")
             handle.flush()
             os.fsync(handle.fileno())
@@ -79,7 +134,8 @@ def staging_dir(parent: Path, label: str) -> Iterator[Path]:
     """A new, empty, private directory in `parent`, removed on exit unless the caller renamed it away
     (`publish_dir`). Its name says which process owns it, so `sweep` can tell a dead writer's leftovers."""
     parent = Path(parent)
-    parent.mkdir(parents=True, exist_ok=True)
+    if not parent.is_dir():  # never re-created here: a bank moved away must not grow back at its old path
+        raise BankError(f"{parent}: directory not found (was the bank moved or deleted?)")
     staging = parent / _temp_name(label)
     staging.mkdir()
     try:
@@ -96,6 +152,7 @@ def _temp_name(label: str) -> str:
 def publish_dir(staging: Path, target: Path) -> Path:
     """Rename a complete staging directory to `target` (absent, or an empty directory) and fsync the parent."""
     target = ensure_new_dir(target)
+    make_readable(staging)
     if target.exists():
         target.rmdir()
     os.rename(staging, target)
@@ -107,10 +164,12 @@ def write_new_dir(target: str | Path, fill: Callable[[Path], object], what: str 
     """Create directory `target` with the files `fill(staging)` writes, atomically: a failure or a kill
     leaves nothing at `target`. `target` must not exist, or be an empty directory."""
     target = ensure_new_dir(target, what)
-    sweep(target.parent, label=target.name)
-    with staging_dir(target.parent, target.name) as staging:
-        fill(staging)
-        return publish_dir(staging, target)
+    with storage_errors(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        sweep(target.parent, label=target.name)
+        with staging_dir(target.parent, target.name) as staging:
+            fill(staging)
+            return publish_dir(staging, target)
 
 
 def move_to_trash(path: Path) -> Path:

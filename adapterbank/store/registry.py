@@ -22,8 +22,8 @@ from filelock import FileLock
 
 from .. import faults
 from ..errors import BankError, IntegrityError, InvalidNameError, TaskExistsError, TaskNotFoundError
-from .files import (check_sealed, fsync_dir, hash_files, move_to_trash, read_json, read_sealed, seal, sha256_file,
-                    staging_dir, sweep, utc_now, write_json_atomic, write_new_dir)
+from .files import (check_sealed, fsync_dir, hash_files, make_readable, move_to_trash, read_json, read_sealed, seal,
+                    sha256_file, staging_dir, storage_errors, sweep, utc_now, write_json_atomic, write_new_dir)
 
 FORMAT_VERSION = 3  # 2: modules on the upper layers only, router statistics over lower-layer features; 3: sealed manifests
 MANIFEST = "bank.json"
@@ -95,6 +95,8 @@ class Registry:
     def manifest(self) -> dict:
         """bank.json as it is on disk now (re-read, and checked, only when the file changed)."""
         stamp = _stamp(self.root / MANIFEST)
+        if stamp is None:
+            raise BankError(f"{self.root}: the bank is gone (moved or deleted while open): open it again where it is now")
         if stamp != self._stamp:
             self._manifest = _read_manifest(self.root / MANIFEST, check=True)
             self._stamp = stamp
@@ -111,22 +113,47 @@ class Registry:
     def update_manifest(self, change: Callable[[dict], dict]) -> dict:
         """Re-read bank.json, apply `change` and write it back sealed and atomically. Call with the lock held."""
         manifest = seal(change(read_sealed(self.root / MANIFEST)))
-        write_json_atomic(self.root / MANIFEST, manifest)
+        with storage_errors(self.root / MANIFEST):
+            write_json_atomic(self.root / MANIFEST, manifest)
         self._manifest, self._stamp = manifest, _stamp(self.root / MANIFEST)
         return manifest
 
-    def lock(self) -> FileLock:
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
         """Writers hold this while they change what is visible (rename in/out of tasks/, bank.json)."""
-        return FileLock(str(self.root / LOCK), timeout=600)
+        self.manifest  # noqa: B018 - a bank moved away fails here, before a lock file appears at its old path
+        with storage_errors(self.root / LOCK, "cannot lock the bank:"):
+            lock = FileLock(str(self.root / LOCK), timeout=600)
+            lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
 
     # -- tasks --------------------------------------------------------------------------------
     def read_tasks(self) -> dict[str, dict]:
-        """Every complete task's task.json, by name, in the order the tasks were added."""
+        """Every complete task's task.json, by name, in the order the tasks were added. Damaged task
+        directories (see `damaged_tasks`) are left out: one bad task does not take the bank down."""
+        return self.scan_tasks()[0]
+
+    def scan_tasks(self) -> tuple[dict[str, dict], dict[str, str]]:
+        """(records of the complete tasks in the order they were added, {name: problem} of damaged ones:
+        a task directory whose task.json is missing, unreadable or fails its checksum)."""
+        self.manifest  # noqa: B018 - raises if the bank was moved or deleted while open
         if not self.tasks_dir.is_dir():
-            return {}
-        records = {entry.name: self.read_task(entry.name) for entry in self.tasks_dir.iterdir()
-                   if not entry.name.startswith(".") and (entry / TASK_MANIFEST).is_file()}
-        return dict(sorted(records.items(), key=lambda item: (item[1].get("sequence", 0), item[0])))
+            raise BankError(f"{self.tasks_dir}: missing (run `adapterbank verify {self.root}`)")
+        records, damaged = {}, {}
+        for entry in self.tasks_dir.iterdir():
+            if entry.name.startswith(".") or not entry.is_dir():
+                continue
+            try:
+                records[entry.name] = self.read_task(entry.name)
+            except BankError as exc:
+                damaged[entry.name] = str(exc)
+        return dict(sorted(records.items(), key=lambda item: (item[1].get("sequence", 0), item[0]))), damaged
+
+    def damaged_tasks(self) -> dict[str, str]:
+        return self.scan_tasks()[1]
 
     def task_names(self) -> list[str]:
         """Complete tasks in the order they were added."""
@@ -137,9 +164,17 @@ class Registry:
 
     def task_dir(self, name: str) -> Path:
         validate_task_name(name)
+        self.manifest  # noqa: B018 - raises if the bank was moved or deleted while open
         if not self.has_task(name):
+            if (self.tasks_dir / name).is_dir():
+                raise BankError(self.damaged_message(name))
             raise TaskNotFoundError(f"no task named {name!r} in bank {self.root}")
         return self.tasks_dir / name
+
+    def damaged_message(self, name: str) -> str:
+        problem = self.damaged_tasks().get(name, "damaged")
+        return (f"task {name!r} is damaged ({problem}); `adapterbank remove {self.root} {name}` removes it "
+                f"(or restore the task from a backup)")
 
     def read_task(self, name: str) -> dict:
         return read_sealed(self.tasks_dir / name / TASK_MANIFEST)
@@ -158,8 +193,11 @@ class Registry:
 
     def ensure_new_name(self, name: str) -> None:
         validate_task_name(name)
+        self.manifest  # noqa: B018 - raises if the bank was moved or deleted while open
         if self.has_task(name):
             raise TaskExistsError(f"task {name!r} already exists in bank {self.root}")
+        if (self.tasks_dir / name).exists():
+            raise TaskExistsError(self.damaged_message(name))
 
     @contextlib.contextmanager
     def stage_task(self, name: str, record: dict) -> Iterator[Path]:
@@ -170,28 +208,35 @@ class Registry:
         the temp dir is removed.
         """
         self.ensure_new_name(name)
-        sweep(self.tasks_dir)
-        sweep(self.root)  # temp files of atomic writes (bank.json, the router index) a killed writer left
-        with staging_dir(self.tasks_dir, name) as staging:
-            yield staging
-            files = hash_files(staging)
-            faults.point("hashed")
-            with self.lock():
-                faults.point("locked")
-                self.ensure_new_name(name)
-                sequence = 1 + max((r.get("sequence", 0) for r in self.read_tasks().values()), default=0)
-                full = {"name": name, "id": uuid.uuid4().hex, "sequence": sequence, "created_at": utc_now(), **record,
-                        "files": files}
-                write_json_atomic(staging / TASK_MANIFEST, seal(full))
-                faults.point("manifest-written")
-                os.rename(staging, self.tasks_dir / name)
-                fsync_dir(self.tasks_dir)
-                faults.point("renamed")
+        with storage_errors(self.tasks_dir):  # disk full, read-only: one line, and the staging dir is removed
+            sweep(self.tasks_dir)
+            sweep(self.root)  # temp files of atomic writes (bank.json, the router index) a killed writer left
+            with staging_dir(self.tasks_dir, name) as staging:
+                yield staging
+                make_readable(staging)
+                files = hash_files(staging)
+                faults.point("hashed")
+                with self.lock():
+                    faults.point("locked")
+                    self.ensure_new_name(name)
+                    sequence = 1 + max((r.get("sequence", 0) for r in self.read_tasks().values()), default=0)
+                    full = {"name": name, "id": uuid.uuid4().hex, "sequence": sequence, "created_at": utc_now(), **record,
+                            "files": files}
+                    write_json_atomic(staging / TASK_MANIFEST, seal(full))
+                    faults.point("manifest-written")
+                    os.rename(staging, self.tasks_dir / name)
+                    fsync_dir(self.tasks_dir)
+                    faults.point("renamed")
 
     def remove_task(self, name: str) -> None:
         """Rename the task out of sight (atomic), then delete its files."""
+        validate_task_name(name)
         with self.lock():
-            trash = move_to_trash(self.task_dir(name))
+            directory = self.tasks_dir / name
+            if not directory.is_dir():  # a damaged task (no or bad task.json) can be removed too
+                self.task_dir(name)  # raises TaskNotFoundError
+            with storage_errors(directory, "cannot remove"):
+                trash = move_to_trash(directory)
         shutil.rmtree(trash, ignore_errors=True)
 
     def verify_tasks(self) -> tuple[int, list[str]]:

@@ -17,7 +17,8 @@ from typing import Callable
 
 from .. import faults
 from ..errors import BankError, IntegrityError
-from .files import fsync_dir, hash_files, sha256_file, staging_dir, sweep, utc_now
+from .files import (fsync_dir, hash_files, make_readable, move_to_trash, sha256_file, staging_dir, storage_errors, sweep,
+                    utc_now)
 from .registry import Registry
 
 BASES = "bases"
@@ -37,6 +38,19 @@ def version_record(manifest: dict, version: str) -> dict:
             return record
     known = ", ".join(r["version"] for r in all_versions(manifest)) or "none"
     raise BankError(f"no base version {version!r} in this bank (versions: {known})")
+
+
+def merged_modules(manifest: dict, version: str) -> dict[str, str]:
+    """{task id: the version it was merged into} for every module a version contains: those merged into
+    it and, through its lineage's parents, into its ancestors."""
+    contained: dict[str, str] = {}
+    while version is not None:
+        record = version_record(manifest, version)
+        for task in record["lineage"].get("tasks", []):
+            contained.setdefault(task.get("id"), record["version"])
+        version = record["lineage"].get("parent")
+    contained.pop(None, None)
+    return contained
 
 
 def version_dir(root: Path, version: str) -> Path:
@@ -60,29 +74,36 @@ def publish_version(registry: Registry, write: Callable[[Path], None], fingerpri
     """Write the next base version with `write(directory)`, list it in bank.json and make it current
     (atomic: the files go to a temp dir, renamed to `bases/vN` under the lock, and only then listed)."""
     bases = registry.root / BASES
-    bases.mkdir(exist_ok=True)
-    sweep(bases)
-    with staging_dir(bases, "version") as staging:
-        write(staging)
-        files = hash_files(staging)
-        faults.point("base-saved")
-        with registry.lock():
-            version = f"v{len(all_versions(registry.manifest))}"  # another writer may have listed one since
-            target = bases / version
-            if target.exists():  # an orphan of a merge that died before listing it
-                shutil.rmtree(target)
-            staging.rename(target)
-            fsync_dir(bases)
-            faults.point("base-renamed")
-            record = _record(version, fingerprint, lineage, files)
+    with storage_errors(bases):  # disk full, read-only: one line, nothing of the new version left behind
+        registry.manifest  # noqa: B018 - raises if the bank was moved or deleted while open
+        bases.mkdir(exist_ok=True)
+        sweep(bases)
+        with staging_dir(bases, "version") as staging:
+            write(staging)
+            make_readable(staging)
+            files = hash_files(staging)
+            faults.point("base-saved")
+            with registry.lock():
+                version = f"v{len(all_versions(registry.manifest))}"  # another writer may have listed one since
+                target = bases / version
+                if target.exists():  # an orphan of a merge that died before listing it
+                    shutil.rmtree(target)
+                record = _record(version, fingerprint, lineage, files)
 
-            def add(manifest: dict) -> dict:
-                manifest["base_versions"] = [*manifest.get("base_versions", []), record]
-                manifest["current_base"] = version
-                return manifest
+                def add(manifest: dict) -> dict:
+                    manifest["base_versions"] = [*manifest.get("base_versions", []), record]
+                    manifest["current_base"] = version
+                    return manifest
 
-            registry.update_manifest(add)
-            faults.point("version-listed")
+                staging.rename(target)
+                try:
+                    fsync_dir(bases)
+                    faults.point("base-renamed")
+                    registry.update_manifest(add)
+                except BaseException:  # not listed: take the directory back out, the bank stays as it was
+                    shutil.rmtree(move_to_trash(target), ignore_errors=True)
+                    raise
+                faults.point("version-listed")
     return record
 
 

@@ -1,6 +1,6 @@
 import torch
 
-from adapterbank.routing.index import RouterIndex, sync_index
+from adapterbank.routing.index import RouterIndex, save_index, sync_index
 from adapterbank.routing.statistics import class_statistics, save_statistics
 from adapterbank.store.registry import INDEX_FILE
 
@@ -73,9 +73,11 @@ def test_index_is_saved_reused_extended_and_rebuilt(tmp_path):
         save_statistics(directory, class_statistics(x, targets, 1))
         tasks[name] = (f"id-{name}", directory)
     first = sync_index(tmp_path, {k: tasks[k] for k in ["a", "b"]}, 3)
-    assert (tmp_path / INDEX_FILE).exists() and first.task_names == ["a", "b"]
+    assert not (tmp_path / INDEX_FILE).exists() and first.task_names == ["a", "b"]  # reading never writes
+    assert save_index(tmp_path, first) is None and (tmp_path / INDEX_FILE).exists()  # the writers save it
     extended = sync_index(tmp_path, tasks, 3)  # only an addition: extended from the saved index
     assert extended.task_names == ["a", "b", "c"]
+    save_index(tmp_path, extended)
     reloaded = RouterIndex.load(tmp_path / INDEX_FILE)
     assert reloaded.task_ids == ["id-a", "id-b", "id-c"]
     query = torch.tensor([[0.0, 0.0, 1.0]])
