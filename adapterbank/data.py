@@ -52,13 +52,33 @@ def fingerprint_records(records) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def as_dataset(data: "str | os.PathLike | Dataset") -> Dataset:
-    """Labelled data given as a file path or a Dataset."""
+def as_dataset(data: "str | os.PathLike | Dataset | Sequence") -> Dataset:
+    """Labelled data in the shapes users have: a file path, a Dataset, a list of `{"text", "label"}`
+    dicts, a list of (text, label) pairs, or a (texts, labels) pair of lists. In-memory rows are
+    validated like a file's lines, and errors name the row (`<memory>:3`)."""
     if isinstance(data, Dataset):
         return data
     if isinstance(data, (str, os.PathLike)):
         return load_dataset(data)
-    raise DataError(f"expected a dataset path or Dataset, got {type(data).__name__}")
+    if isinstance(data, tuple) and len(data) == 2 and all(isinstance(part, (list, tuple)) for part in data) \
+            and not (data[0] and isinstance(data[0][0], (list, tuple, dict))):
+        return dataset_from_pairs(list(data[0]), list(data[1]))
+    if isinstance(data, (list, tuple)):
+        texts, labels = [], []
+        for number, row in enumerate(data, start=1):
+            if isinstance(row, dict):
+                for key in ("text", "label"):
+                    if key not in row:
+                        raise DataError(f"<memory>:{number}: missing field '{key}'")
+                row = (row["text"], row["label"])
+            if not isinstance(row, (list, tuple)) or len(row) != 2:
+                raise DataError(f"<memory>:{number}: expected a {{'text', 'label'}} dict or a (text, label) pair, "
+                                f"got {_json_type(row)}")
+            texts.append(row[0])
+            labels.append(row[1])
+        return dataset_from_pairs(texts, labels)
+    raise DataError(f"expected a dataset path, a Dataset, a list of {{'text', 'label'}} dicts or (text, label) pairs, "
+                    f"or (texts, labels); got {type(data).__name__}")
 
 
 def as_corpus(data: "str | os.PathLike | Sequence[str]") -> tuple[list[str], str]:
@@ -84,17 +104,29 @@ def load_dataset(path: str | Path) -> Dataset:
     return Dataset(list(texts), list(targets), source=str(path))
 
 
-def load_texts(path: str | Path) -> tuple[list[str], list[str] | None]:
+def load_texts(path: str | Path, blank_lines: bool = True) -> tuple[list[str], list[str] | None]:
     """Texts to predict, from .jsonl/.csv (`text` required, `label` optional) or .txt (one text per line).
 
     Returns the texts and, when every row has a label, the labels (so callers can score predictions).
+    `blank_lines=False` (predict, generate: one output line per input line) refuses a blank line between
+    texts instead of skipping it, so outputs never drift from the lines they answer.
     """
     path = Path(path)
     if path.suffix.lower() == ".txt":
-        texts = [line for line in _decode(path).splitlines() if line.strip()]
+        lines = _lines(_decode(path))
+        while lines and not lines[-1].strip():
+            lines.pop()
+        if not blank_lines:
+            _refuse_blank(path, lines)
+        texts = [line for line in lines if line.strip()]
         if not texts:
             raise DataError(f"{path}: no texts (the file is empty)")
         return texts, None
+    if not blank_lines and path.suffix.lower() == ".jsonl":
+        lines = _lines(_decode(path))
+        while lines and not lines[-1].strip():
+            lines.pop()
+        _refuse_blank(path, lines)
     rows = _read_rows(path, require_label=False)
     labels = [label for _, label in rows]
     return [text for text, _ in rows], (labels if all(label is not None for label in labels) else None)
@@ -139,7 +171,7 @@ def dataset_from_pairs(texts: list[str], labels: list[str], source: str = "<memo
 
 def _read_jsonl(path: Path, content: str, require_label: bool) -> list[tuple[str, str | None]]:
     rows = []
-    for number, line in enumerate(content.splitlines(), start=1):
+    for number, line in enumerate(_lines(content), start=1):
         _check_line_size(path, number, line)
         if not line.strip():
             continue
@@ -156,8 +188,31 @@ def _read_jsonl(path: Path, content: str, require_label: bool) -> list[tuple[str
     return rows
 
 
+def _refuse_blank(path: Path, lines: list[str]) -> None:
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            raise DataError(f"{path}:{number}: blank line (each line gets one answer line: remove blank lines "
+                            "so answers stay aligned with their inputs)")
+
+
+def _lines(content: str) -> list[str]:
+    """Lines split at `\n` only (with a `\r` before it dropped): JSON Lines and text files end lines there,
+    while U+2028, U+0085 or a form feed may sit inside a text (`str.splitlines` would cut at them)."""
+    lines = content.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def _json_type(value: object) -> str:
+    """How a JSON user names a value's type (null, not NoneType)."""
+    names = {type(None): "null", bool: "a boolean", int: "a number", float: "a number", list: "an array",
+             tuple: "an array", dict: "an object", str: "a string"}
+    return names.get(type(value), type(value).__name__)
+
+
 def _read_csv(path: Path, content: str, require_label: bool) -> list[tuple[str, str | None]]:
-    reader = csv.reader(io.StringIO(content, newline=""))
+    reader = csv.reader(io.StringIO(content, newline=""), strict=True)  # strict: an unclosed quote is an error, not one huge field
     try:
         header = next(reader)
     except StopIteration:
@@ -171,17 +226,20 @@ def _read_csv(path: Path, content: str, require_label: bool) -> list[tuple[str, 
     text_at = columns.index("text")
     label_at = columns.index("label") if "label" in columns else None
     rows = []
+    number = reader.line_num + 1  # the line the record being read starts on (a quoted field may span lines)
     try:
         for row in reader:
-            number = reader.line_num
             if not any(cell.strip() for cell in row):
+                number = reader.line_num + 1
                 continue
             _check_line_size(path, number, max(row, key=len))
             if len(row) != len(columns):
                 raise DataError(f"{path}:{number}: expected {len(columns)} fields, found {len(row)}")
             rows.append(_validate(str(path), number, row[text_at], None if label_at is None else row[label_at], require_label))
+            number = reader.line_num + 1
     except csv.Error as exc:
-        raise DataError(f"{path}:{reader.line_num}: malformed CSV ({exc})") from None
+        reason = "a quoted field is never closed" if "unexpected end of data" in str(exc) else str(exc)
+        raise DataError(f"{path}:{number}: malformed CSV ({reason})") from None
     return rows
 
 
@@ -201,13 +259,13 @@ def check_label_count(data: "Dataset") -> None:
 
 def _validate(source: str, number: int, text: object, label: object, require_label: bool = True) -> tuple[str, str | None]:
     if not isinstance(text, str):
-        raise DataError(f"{source}:{number}: field 'text' must be a string, got {type(text).__name__}")
+        raise DataError(f"{source}:{number}: field 'text' must be a string, got {_json_type(text)}")
     if not text.strip():
         raise DataError(f"{source}:{number}: field 'text' is empty")
     if not require_label and (label is None or (isinstance(label, str) and not label.strip())):
         return text, None
     if isinstance(label, bool) or not isinstance(label, (str, int)):
-        raise DataError(f"{source}:{number}: field 'label' must be a string, got {type(label).__name__}")
+        raise DataError(f"{source}:{number}: field 'label' must be a string, got {_json_type(label)}")
     label = str(label).strip()
     if not label:
         raise DataError(f"{source}:{number}: field 'label' is empty")

@@ -15,6 +15,20 @@ from typing import Any
 from .errors import AdapterBankError
 
 
+# Upper bounds that keep a typo from running for days or exhausting memory (the harness in
+# tests/cli/test_hostile_options.py tries "huge" values on every option).
+MAX_SEED = 2**32 - 1
+MAX_EPOCHS = 1000
+MAX_STEPS = 10_000_000
+MAX_BATCH = 65_536
+MAX_LR = 10.0
+MAX_TOKENS = 1 << 16
+
+
+def seed_setting(help: str = "Random seed (same seed, same module).") -> Any:  # noqa: A002
+    return setting(0, help, minimum=0, maximum=MAX_SEED, integer=True)
+
+
 def setting(default: Any, help: str, *, above: float | None = None, minimum: float | None = None,  # noqa: A002
             maximum: float | None = None, integer: bool = False) -> Any:
     """A dataclass field with its help and bounds: `above` (exclusive), `minimum`/`maximum` (inclusive).

@@ -6,7 +6,7 @@ import dataclasses
 from typing import Any, ClassVar
 
 from ..kinds import DEFAULT_KIND, get_kind, resolve_params
-from ..settings import check, setting
+from ..settings import MAX_BATCH, MAX_EPOCHS, MAX_LR, MAX_STEPS, MAX_TOKENS, check, seed_setting, setting
 
 CLM_LR = 2e-3  # peak learning rate of domain modules (measured on the continual pre-training benchmark)
 
@@ -18,12 +18,13 @@ class CLMConfig:
     kind: str = setting(DEFAULT_KIND, "Module kind.")
     params: Any = None  # the kind's hyper-parameters (its Params dataclass); None: the kind's defaults
     block_size: int = setting(128, "Tokens per training block (documents are joined with EOS and cut to this length).",
-                              minimum=2, integer=True)
-    epochs: int = setting(1, "Passes over the blocks.", above=0, integer=True)
-    max_steps: int | None = setting(None, "Train exactly this many optimizer steps (overrides epochs).", above=0, integer=True)
-    lr: float | None = setting(None, f"Peak learning rate (one-cycle schedule); default {CLM_LR:g}.", above=0)
-    batch_size: int = setting(8, "Blocks per training batch.", above=0, integer=True)
-    seed: int = setting(0, "Random seed (same seed, same module).")
+                              minimum=2, maximum=MAX_TOKENS, integer=True)
+    epochs: int = setting(1, "Passes over the blocks.", above=0, maximum=MAX_EPOCHS, integer=True)
+    max_steps: int | None = setting(None, "Train exactly this many optimizer steps (overrides epochs).", above=0,
+                                    maximum=MAX_STEPS, integer=True)
+    lr: float | None = setting(None, f"Peak learning rate (one-cycle schedule); default {CLM_LR:g}.", above=0, maximum=MAX_LR)
+    batch_size: int = setting(8, "Blocks per training batch.", above=0, maximum=MAX_BATCH, integer=True)
+    seed: int = seed_setting()
 
     def __post_init__(self) -> None:
         self.params = resolve_params(get_kind(self.kind, "causal"), self.params)
@@ -34,3 +35,18 @@ class CLMConfig:
 
     def resolved_lr(self) -> float:
         return self.lr if self.lr is not None else CLM_LR
+
+
+@dataclasses.dataclass
+class GenerationSettings:
+    """How `generate` decodes; the bounds are checked for the Python API and the CLI alike."""
+
+    max_new_tokens: int = setting(64, "Tokens to generate per prompt.", minimum=1, maximum=MAX_TOKENS, integer=True)
+    temperature: float = setting(1.0, "Sampling temperature (with --sample).", above=0, maximum=100)
+    top_p: float = setting(1.0, "Nucleus sampling: the probability mass kept (with --sample).", above=0, maximum=1)
+    seed: int = seed_setting("Sampling seed (same seed, same text).")
+    batch_size: int = setting(16, "Prompts per generation batch (rows may use different modules).", minimum=1,
+                              maximum=MAX_BATCH, integer=True)
+
+    def __post_init__(self) -> None:
+        check(self)

@@ -126,7 +126,8 @@ def train_clm(base_model, blocks: list[list[int]], pad_id: int, config: CLMConfi
     hyper = {"kind": config.kind, "objective": config.objective, **kind.hyperparameters(peft_config),
              "block_size": config.block_size, "batch_size": config.batch_size, "lr": config.resolved_lr(),
              "epochs": config.epochs, "max_steps": config.max_steps, "steps": run.steps, "seed": config.seed}
-    metrics = {"train_loss": round(sum(tail) / len(tail), 6) if tail else None, "train_seconds": round(run.seconds, 3),
+    metrics = {"train_loss": round(sum(tail) / len(tail), 6) if tail else None, "train_steps": run.steps,
+               "train_seconds": round(run.seconds, 3),
                "train_tokens": tokens, "train_tokens_per_s": round(tokens / max(run.seconds, 1e-9), 1)}
     return TrainedLM(peft_model, hyper, metrics)
 

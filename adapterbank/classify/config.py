@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 from ..core import DEFAULT_MAX_LENGTH
 from ..kinds import DEFAULT_KIND, get_kind, resolve_params
-from ..settings import check, setting
+from ..settings import MAX_BATCH, MAX_EPOCHS, MAX_LR, MAX_TOKENS, check, seed_setting, setting
 
 HEAD_LR = 1e-2  # the cosine head's peak learning rate, whatever the kind
 
@@ -23,11 +23,13 @@ class ClassificationConfig:
 
     kind: str = setting(DEFAULT_KIND, "Module kind.")
     params: Any = None  # the kind's hyper-parameters (its Params dataclass); None: the kind's defaults
-    epochs: int | None = setting(None, "Training epochs; default: enough for about 120 steps (3 to 20).", above=0, integer=True)
-    lr: float | None = setting(None, "Peak learning rate (one-cycle schedule); default: the kind's.", above=0)
-    batch_size: int = setting(32, "Training batch size.", above=0, integer=True)
-    seed: int = setting(0, "Random seed (same seed, same module).")
-    max_length: int = setting(DEFAULT_MAX_LENGTH, "Tokens per text; longer texts are truncated.", above=0, integer=True)
+    epochs: int | None = setting(None, "Training epochs; default: enough for about 120 steps (3 to 20).", above=0,
+                                 maximum=MAX_EPOCHS, integer=True)
+    lr: float | None = setting(None, "Peak learning rate (one-cycle schedule); default: the kind's.", above=0, maximum=MAX_LR)
+    batch_size: int = setting(32, "Training batch size.", above=0, maximum=MAX_BATCH, integer=True)
+    seed: int = seed_setting()
+    max_length: int = setting(DEFAULT_MAX_LENGTH, "Tokens per text; longer texts are truncated.", above=0,
+                              maximum=MAX_TOKENS, integer=True)
 
     def __post_init__(self) -> None:
         self.params = resolve_params(get_kind(self.kind, "classifier"), self.params)

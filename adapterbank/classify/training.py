@@ -158,7 +158,7 @@ def train_classifier(
     final_loss = sum(l * n for l, n in zip(run.losses[last], run.sizes[last])) / len(token_ids)
     hyper = {"kind": config.kind, "epochs": epochs, "lr": lr, "head_lr": HEAD_LR, "batch_size": config.batch_size,
              "seed": config.seed, "max_length": config.max_length, **kind.hyperparameters(peft_config)}
-    metrics = {"train_loss": round(final_loss, 6), "train_seconds": round(run.seconds, 3),
+    metrics = {"train_loss": round(final_loss, 6), "train_steps": run.steps, "train_seconds": round(run.seconds, 3),
                "train_examples_per_s": round(sum(run.sizes) / max(run.seconds, 1e-9), 2)}
     return TrainedModule(peft_model, head, hyper, metrics)
 

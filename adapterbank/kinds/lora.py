@@ -24,7 +24,7 @@ _PEFT_PREFIX = "base_model.model."
 
 @dataclasses.dataclass(frozen=True)
 class LoraParams:
-    rank: int = setting(8, "LoRA rank (alpha is twice the rank).", above=0, integer=True)
+    rank: int = setting(8, "LoRA rank (alpha is twice the rank).", above=0, maximum=4096, integer=True)
 
 
 class Factors(NamedTuple):

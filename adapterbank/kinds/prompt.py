@@ -15,7 +15,7 @@ from .base import Kind, register
 
 @dataclasses.dataclass(frozen=True)
 class PromptParams:
-    virtual_tokens: int = setting(16, "Prompt tuning: number of virtual tokens.", above=0, integer=True)
+    virtual_tokens: int = setting(16, "Prompt tuning: number of virtual tokens.", above=0, maximum=4096, integer=True)
 
 
 @register
