@@ -23,7 +23,9 @@ from ..core.models import DEFAULT_BASE, Base
 from ..errors import AdapterBankError, BaseMismatchError, DataError
 from ..store import versions
 from ..store.registry import Registry
-from .config import CLMConfig
+from .config import CLMConfig, GenerationSettings
+
+_GENERATION = GenerationSettings()  # the defaults, declared once in config.py
 
 
 @dataclass
@@ -124,6 +126,12 @@ class CausalBank(AdapterBank, family="causal"):
             self._versions[version] = Base(self.base_id, model, tokenizer, record["fingerprint"])
         return self._versions[version]
 
+    def merged_modules(self, version: str | None = None) -> dict[str, str]:
+        """{task id: base version it was merged into} for the modules a base version (default: the current)
+        already contains, through its lineage."""
+        manifest = self.registry.manifest
+        return versions.merged_modules(manifest, version or versions.current_version(manifest))
+
     def rollback(self, version: str) -> None:
         """Make an earlier (or later) base version current again. No version's files change."""
         versions.set_current(self.registry, version)
@@ -150,6 +158,7 @@ class CausalBank(AdapterBank, family="causal"):
         eval_texts, eval_source = as_corpus(eval) if eval is not None else (None, None)
         from ..core.encoding import pad_id_of  # heavy (torch, PEFT): only once the input is valid
         from ..kinds import save_module
+        from ..routing.index import in_scope_share
         from ..routing.statistics import class_statistics, save_statistics
         from .training import ROUTER_SAMPLE_BLOCKS, make_blocks, perplexity, router_texts, split_held_out, train_clm
 
@@ -169,12 +178,17 @@ class CausalBank(AdapterBank, family="causal"):
         trained = train_clm(base.model, blocks, pad, config, progress=progress, description=f"add-task {name}")
         after = perplexity(trained.peft_model, held_out, pad)
         faults.point("trained")
+        quantile = self.registry.manifest["router"]["ood_quantile"]
+        reach = in_scope_share(stats, self._router_features(router_texts(base.tokenizer, held_out, ROUTER_SAMPLE_BLOCKS,
+                                                                          config.seed + 1), {}), quantile)
+        _warn_if_unhelpful(name, before, after, trained.metrics["train_steps"], reach, quantile, len(blocks))
         record = {
             "objective": config.objective, "kind": config.kind, "labels": [], "adapterbank_version": __version__,
             "base": {"id": self.base_id, "version": version, "fingerprint": base.fingerprint},
             "config": dataclasses.asdict(config), "hyperparameters": trained.hyperparameters,
             "metrics": {**trained.metrics, "perplexity_before": round(before, 4), "perplexity_after": round(after, 4),
                         "held_out_blocks": len(held_out), "held_out_tokens": sum(len(b) - 1 for b in held_out),
+                        "held_out_in_scope": round(reach, 4),
                         "held_out_source": eval_source or "5% of the training blocks"},
             "data": {"train_fingerprint": fingerprint_records(texts), "train_texts": len(texts),
                      "train_blocks": len(blocks), "train_source": source},
@@ -185,7 +199,7 @@ class CausalBank(AdapterBank, family="causal"):
             save_statistics(staging, stats)
             faults.point("saved-router")
             record["metrics"]["add_task_seconds"] = round(time.perf_counter() - started, 3)
-        self._index(self._records())
+        self._save_index()  # for the next open; the task is in even if this fails
         return self.task(name)
 
     # -- routing --------------------------------------------------------------------------------
@@ -206,10 +220,10 @@ class CausalBank(AdapterBank, family="causal"):
         return map_batches(lambda input_ids, mask: split.lower(input_ids, mask).router_features, ids, tokenizer, self.device)
 
     # -- generation -----------------------------------------------------------------------------
-    def generate(self, prompts: Sequence[str], max_new_tokens: int = 64, task: str | None = None,
+    def generate(self, prompts: Sequence[str], max_new_tokens: int = _GENERATION.max_new_tokens, task: str | None = None,
                  method: str | None = None, ood_quantile: float | None = None, do_sample: bool = False,
-                 temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, batch_size: int = 16,
-                 progress: bool = False):
+                 temperature: float = _GENERATION.temperature, top_p: float = _GENERATION.top_p,
+                 seed: int = _GENERATION.seed, batch_size: int = _GENERATION.batch_size, progress: bool = False):
         """Continue each prompt with the module of the domain the router finds it closest to.
 
         Args:
@@ -227,7 +241,6 @@ class CausalBank(AdapterBank, family="causal"):
         import torch
 
         from ..routing.index import Route
-        from ..settings import check_number
         from .generation import VersionGenerator
 
         if isinstance(prompts, str):
@@ -235,8 +248,8 @@ class CausalBank(AdapterBank, family="causal"):
         for i, prompt in enumerate(prompts):
             if not isinstance(prompt, str) or not prompt:
                 raise DataError(f"prompt #{i + 1}: expected a non-empty string")
-        check_number("max_new_tokens", max_new_tokens, minimum=1, integer=True)
-        check_number("batch_size", batch_size, minimum=1, integer=True)
+        GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
+                           batch_size=batch_size)  # validates each value against its declared bounds
         method, quantile = self._router_settings(method, ood_quantile)
         records = self._records()
         self._require_task(task, records)
@@ -285,7 +298,7 @@ class CausalBank(AdapterBank, family="causal"):
 
         from ..core.models import fingerprint_model, save_checkpoint
         from ..kinds import get_kind
-        from ..settings import check_number
+        from ..settings import MAX_SEED, check_number
         from .merging import merge_into, method_options
 
         tasks = list(dict.fromkeys(tasks))
@@ -296,10 +309,15 @@ class CausalBank(AdapterBank, family="causal"):
             raise AdapterBankError(f"--weights gives {len(weights)} weight(s) for {len(tasks)} module(s)")
         for weight in weights or []:
             check_number("weights", weight)
+        check_number("seed", seed, minimum=0, maximum=MAX_SEED, integer=True)
         weights = list(weights) if weights is not None else [1.0] * len(tasks)
         version = self.current_base_version
         infos = [self.task(name) for name in tasks]
+        contained = self.merged_modules()
         for info in infos:
+            if info.record.get("id") in contained:
+                raise AdapterBankError(f"task {info.name!r} is already in the current base {version} (merged into "
+                                       f"{contained[info.record['id']]}): merging it again would add its update twice")
             if info.kind is None or not get_kind(info.kind).dense_deltas:
                 raise AdapterBankError(f"task {info.name!r} is a {info.kind or 'router-only'} task: only modules whose "
                                        "update is a dense weight change (LoRA) merge into the base")
@@ -325,10 +343,13 @@ class CausalBank(AdapterBank, family="causal"):
         return {k: v for k, v in record.items() if k != "files"}
 
     def export(self, out: str | os.PathLike, task: str | None = None, base_version: str | None = None,
-               peft: bool = False) -> Path:
+               peft: bool = False, base_name: str | None = None) -> Path:
         """Write a plain Hugging Face checkpoint (a base version, with `task`'s module merged in when
         given): `AutoModelForCausalLM.from_pretrained(out)` loads it; or with `peft=True` the module as a
-        PEFT directory naming the base it needs. Atomic: nothing is left at `out` on failure."""
+        PEFT directory naming the base it needs: the folder of the base version it was trained on (plain
+        safetensors, loads offline; for the packaged SmolLM2 that is its dequantized Q4_1 GGUF), or
+        `base_name` (e.g. the hub id, for an engine that has the original). Atomic: nothing is left at
+        `out` on failure."""
         from ..core.models import save_checkpoint
         from ..kinds import merged_model
         from ..store.files import ensure_new_dir, write_new_dir
@@ -339,8 +360,10 @@ class CausalBank(AdapterBank, family="causal"):
             self._check_task(info.name, info)
         if peft:
             trained_on = info.record.get("base", {}).get("version") if info is not None else None
-            base_name = self.base_id if trained_on in (None, "v0") else str(versions.version_dir(self.path, trained_on).resolve())
-            return self._export_peft(out, info, base_name)
+            location = str(versions.version_dir(self.path, trained_on).resolve()) if trained_on else self.base_id
+            return self._export_peft(out, info, base_name or location)
+        if base_name is not None:
+            raise AdapterBankError("--base-name applies to --peft exports (a merged checkpoint needs no base)")
         version = base_version or (info.record["base"]["version"] if info is not None else self.current_base_version)
         if info is not None and info.record["base"]["version"] != version:
             raise BaseMismatchError(f"task {info.name!r} was trained on base {info.record['base']['version']}, not {version}; "
@@ -348,3 +371,23 @@ class CausalBank(AdapterBank, family="causal"):
         base = self.base_at(version)
         model = merged_model(base.model, info.path) if info is not None else base.model
         return write_new_dir(out, lambda staging: save_checkpoint(staging, model, base.tokenizer), what="--out")
+
+
+UNMOVED_PERPLEXITY = 1e-3  # relative change in held-out perplexity below which training is reported as having done nothing
+
+
+def _warn_if_unhelpful(name: str, before: float, after: float, steps: int, reach: float, quantile: float, blocks: int) -> None:
+    """Say at add-task time what would otherwise surprise later: a module that did not learn, or a domain
+    whose own held-out text the router would send to the base."""
+    import warnings
+
+    from ..errors import AdapterBankWarning
+
+    if abs(before - after) <= UNMOVED_PERPLEXITY * before:
+        warnings.warn(f"task {name!r}: {steps} training step(s) did not move held-out perplexity ({before:.3f} -> "
+                      f"{after:.3f}); train longer (--max-steps, --epochs) or with a higher --lr", AdapterBankWarning, stacklevel=3)
+    if reach == 0:
+        warnings.warn(f"task {name!r}: none of its own held-out text is in scope at the bank's out-of-scope threshold "
+                      f"(ood_quantile {quantile}): with {blocks} training block(s) the domain is too small for the router "
+                      "to recognise prompts, which would go to the base; add more text, or generate with "
+                      "--ood-quantile 0 (or --task)", AdapterBankWarning, stacklevel=3)

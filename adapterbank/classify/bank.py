@@ -14,13 +14,14 @@ from .. import faults
 from ..version import __version__
 from ..bank import SHOWN_CANDIDATES, AdapterBank, DataLike, TaskInfo, as_texts
 from ..core.models import Base
-from ..data import as_dataset, check_label_count
+from ..data import MAX_LABELS_PER_TASK, as_dataset, check_label_count
 from ..errors import AdapterBankError, BankError, DataError
 from ..store.registry import Registry
 from .config import ClassificationConfig
 
 COMPOSITIONS = ("top1", "output", "weights")
 DEFAULT_TOP_K = 3  # tasks mixed by `output` / `weights` composition
+DEFAULT_BATCH_SIZE = 64  # texts per forward pass of predict
 
 
 @dataclass
@@ -30,17 +31,26 @@ class Prediction:
     `score` is the router's probability for `task` times the module's probability for `label`;
     `candidates` lists the tasks the router considered, best first, with its probability for each.
     `label` and `task` are None when the text is out of scope: it fits no task's classes as well as
-    that task's own training texts did (the router's `ood_quantile` threshold).
+    that task's own training texts did (the router's `ood_quantile` threshold); `closest` then still
+    says which (task, label) it came nearest to. `labels`: the `top_labels` best labels with their
+    probabilities (predict's `top_labels=`; empty by default).
     """
 
     label: str | None
     task: str | None
     score: float
     candidates: list[tuple[str, float]] = field(default_factory=list)
+    labels: list[tuple[str, str, float]] = field(default_factory=list)  # (label, task, probability), best first
+    closest: tuple[str, str] | None = None  # out of scope only: the (task, label) it came nearest to
 
     def to_dict(self) -> dict:
-        return {"label": self.label, "task": self.task, "score": self.score,
-                "candidates": [{"task": t, "probability": p} for t, p in self.candidates]}
+        row = {"label": self.label, "task": self.task, "score": self.score,
+               "candidates": [{"task": t, "probability": p} for t, p in self.candidates]}
+        if self.labels:
+            row["labels"] = [{"label": label, "task": task, "probability": p} for label, task, p in self.labels]
+        if self.closest is not None:
+            row["closest"] = {"task": self.closest[0], "label": self.closest[1]}
+        return row
 
 
 class ClassifierBank(AdapterBank, family="classifier"):
@@ -113,7 +123,8 @@ class ClassifierBank(AdapterBank, family="classifier"):
 
         Args:
             name: the task's name (letters, digits, `_ . -`, at most 64).
-            train: a .jsonl/.csv file of `{"text", "label"}`, or a Dataset (`dataset_from_pairs`).
+            train: a .jsonl/.csv file of `{"text", "label"}`, a Dataset, a list of `{"text", "label"}` dicts or
+                (text, label) pairs, or a (texts, labels) pair of lists.
             eval: validation data in the same form; its accuracy is stored in the task's metrics.
             config: a ClassificationConfig; or give its fields as keywords (`kind="prompt"`, `epochs=5`,
                 `lr=...`, `batch_size=...`, `seed=...`, `max_length=...`) together with the kind's
@@ -182,13 +193,13 @@ class ClassifierBank(AdapterBank, family="classifier"):
             save_statistics(staging, stats)
             faults.point("saved-router")
             record["metrics"]["add_task_seconds"] = round(time.perf_counter() - started, 3)
-        self._sync(self._records())  # keep the saved router index current
+        self._save_index()  # for the next open; the task is in even if this fails
         return self.task(name)
 
     # -- inference ------------------------------------------------------------------------------
     def predict(self, texts: Sequence[str], top_k: int = DEFAULT_TOP_K, composition: str = "top1",
                 method: str | None = None, ood_quantile: float | None = None, task: str | None = None,
-                batch_size: int = 64, progress: bool = False) -> list[Prediction]:
+                batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = False, top_labels: int = 0) -> list[Prediction]:
         """Label each text over every label of every task, without being told the task.
 
         Args:
@@ -203,19 +214,22 @@ class ClassifierBank(AdapterBank, family="classifier"):
             task: skip routing, every text goes to this task's module.
             batch_size: texts per forward pass.
             progress: show a progress bar over the batches.
+            top_labels: also return the best `top_labels` labels of each text with their probabilities
+                (Prediction.labels), for a full distribution over the labels the modules that ran know.
         """
         from tqdm.auto import tqdm
 
         from ..core.encoding import collate, length_batches, pad_id_of, tokenize
         from ..routing.index import Route
-        from ..settings import check_number
+        from ..settings import MAX_BATCH, check_number
         from .inference import run_modules
 
         texts = as_texts(texts)
         if composition not in COMPOSITIONS:
             raise AdapterBankError(f"unknown composition {composition!r}; choose one of: {', '.join(COMPOSITIONS)}")
-        check_number("top_k", top_k, minimum=1, integer=True)
-        check_number("batch_size", batch_size, minimum=1, integer=True)
+        check_number("top_k", top_k, minimum=1, maximum=MAX_BATCH, integer=True)
+        check_number("batch_size", batch_size, minimum=1, maximum=MAX_BATCH, integer=True)
+        check_number("top_labels", top_labels, minimum=0, maximum=MAX_LABELS_PER_TASK * 100, integer=True)
         method, quantile = self._router_settings(method, ood_quantile)
         records = self._records()
         if not records:
@@ -239,7 +253,7 @@ class ClassifierBank(AdapterBank, family="classifier"):
             mixtures = run_modules(model, records, [Route(r.tasks[:k], r.probabilities[:k], r.in_scope) for r in routes],
                                    lower, input_ids, mask, composition, check=lambda n: self._check_task(n, records[n]))
             for row, (route, mixture) in enumerate(zip(routes, mixtures)):
-                results[batch[row]] = _answer(route, mixture, composition)
+                results[batch[row]] = _answer(route, mixture, composition, top_labels)
         return results  # type: ignore[return-value]
 
     def _router_features(self, texts: Sequence[str], records: dict[str, TaskInfo]):
@@ -270,11 +284,13 @@ class ClassifierBank(AdapterBank, family="classifier"):
 
     # -- export ---------------------------------------------------------------------------------
     def export(self, out: str | os.PathLike, task: str | None = None, base_version: str | None = None,
-               peft: bool = False) -> Path:
+               peft: bool = False, base_name: str | None = None) -> Path:
         """Write the encoder as a plain Hugging Face checkpoint (`AutoModel.from_pretrained(out)`), with
         `task`'s module folded in and its head (`head.safetensors`, `labels.json`) beside it; or with
-        `peft=True` the task's module as a PEFT directory. Atomic: nothing is left at `out` on failure."""
-        from ..core.models import save_checkpoint
+        `peft=True` the task's module as a PEFT directory, head and labels included, naming a base that
+        loads offline (the packaged model's folder; `base_name` overrides it, e.g. with the hub id).
+        `adapterbank.load_classifier(out)` loads either. Atomic: nothing is left at `out` on failure."""
+        from ..core.models import load_location, save_checkpoint
         from ..kinds import get_kind, merged_model
         from ..store.files import ensure_new_dir, write_new_dir
         from .heads import export_head
@@ -289,7 +305,10 @@ class ClassifierBank(AdapterBank, family="classifier"):
         if info is not None:
             self._check_task(info.name, info)
         if peft:
-            return self._export_peft(out, info, self.base_id)
+            return self._export_peft(out, info, base_name or load_location(self.base_id),
+                                     extra=lambda staging: export_head(info.path, staging, info.labels, _max_length({info.name: info})))
+        if base_name is not None:
+            raise AdapterBankError("--base-name applies to --peft exports (a merged checkpoint needs no base)")
         if info is not None and not get_kind(info.kind).merges_into_weights:
             raise AdapterBankError(f"task {info.name!r} is a {info.kind} module, which does not fold into weights; "
                                    "export it with --peft")
@@ -299,7 +318,7 @@ class ClassifierBank(AdapterBank, family="classifier"):
         def fill(staging: Path) -> None:
             save_checkpoint(staging, model, base.tokenizer)
             if info is not None:
-                export_head(info.path, staging, info.labels)
+                export_head(info.path, staging, info.labels, _max_length({info.name: info}))
 
         return write_new_dir(out, fill, what="--out")
 
@@ -312,15 +331,19 @@ def _max_length(records: dict[str, TaskInfo]) -> int:
                 for info in records.values()] or [DEFAULT_MAX_LENGTH])
 
 
-def _answer(route, mixture: dict, composition: str) -> Prediction:
+def _answer(route, mixture: dict, composition: str, top_labels: int = 0) -> Prediction:
     """One text's prediction from its route and its {(label, task): probability} mixture."""
     candidates = list(zip(route.tasks, route.probabilities))
-    if not route.in_scope:
-        return Prediction(None, None, 0.0, candidates)
+    scale = route.probabilities[0] if composition == "top1" and route.probabilities else 1.0
     by_label: dict[str, float] = {}
     for (label, _), p in mixture.items():  # one label string shared by tasks is one label
         by_label[label] = by_label.get(label, 0.0) + p
-    label = max(by_label, key=by_label.get)
-    owner = max((key for key in mixture if key[0] == label), key=mixture.get)[1]
-    score = by_label[label] * (route.probabilities[0] if composition == "top1" else 1.0)
-    return Prediction(label, owner, round(score, 6), candidates)
+    if not by_label:
+        return Prediction(None, None, 0.0, candidates)
+    ranked = sorted(by_label, key=by_label.get, reverse=True)
+    owners = {label: max((key for key in mixture if key[0] == label), key=mixture.get)[1] for label in ranked[:max(top_labels, 1)]}
+    labels = [(label, owners[label], round(by_label[label] * scale, 6)) for label in ranked[:top_labels]]
+    label = ranked[0]
+    if not route.in_scope:
+        return Prediction(None, None, 0.0, candidates, labels, closest=(owners[label], label))
+    return Prediction(label, owners[label], round(by_label[label] * scale, 6), candidates, labels)

@@ -37,10 +37,15 @@ class CosineHead(torch.nn.Module):
         return head.eval()
 
 
-def export_head(task_dir: Path, out: Path, labels: list[str]) -> None:
-    """A task's head and label names, for an exported encoder (`labels.json`: {"labels": [...]}, in head order)."""
+LABELS_FILE = "labels.json"
+
+
+def export_head(task_dir: Path, out: Path, labels: list[str], max_length: int) -> None:
+    """A task's head and label names, for an exported encoder. `labels.json`: {"labels": [...] in head order,
+    "max_length": tokens per text, "pooling": "mean"} (what classify/exported.py needs to answer)."""
     import json
     import shutil
 
     shutil.copyfile(Path(task_dir) / HEAD_FILE, Path(out) / HEAD_FILE)
-    (Path(out) / "labels.json").write_text(json.dumps({"labels": labels}, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    payload = {"labels": labels, "max_length": max_length, "pooling": "mean"}
+    (Path(out) / LABELS_FILE).write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -177,10 +177,13 @@ def test_export_loads_with_plain_transformers_and_matches_the_unmerged_module(ba
 def test_peft_export_serves_on_the_base_with_peft(bank, tmp_path):
     from peft import PeftModel
 
+    from transformers import AutoModelForCausalLM
+
     out = bank.export(tmp_path / "peft", task="beta", peft=True)
     assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
-    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == bank.base_id
-    served = PeftModel.from_pretrained(copy.deepcopy(bank.base.model), str(out)).eval()
+    named = json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert named == str((bank.path / "bases" / "v0").resolve())  # the exact weights it was trained on, offline
+    served = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(named), str(out)).eval()
     text = ids(bank, "ghi jkl")
     with torch.no_grad():
         torch.testing.assert_close(served(input_ids=text).logits, module_model(bank, "beta")(input_ids=text).logits)

@@ -10,7 +10,7 @@ from transformers import AutoModel
 from adapterbank import AdapterBank, load_dataset
 from adapterbank.demo import DEMO_TASKS, demo_data_dir
 from adapterbank_cli.main import main
-from adapterbank.core.models import DEFAULT_BASE, _load_location
+from adapterbank.core.models import DEFAULT_BASE, load_location
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +35,7 @@ def test_demo_command_builds_bank_and_routes_every_task(tmp_path, monkeypatch, c
     assert reopened.task("greeting").kind is None
     test = load_dataset(demo_data_dir() / "travel" / "test.jsonl")
     assert sum(p.label == g for p, g in zip(reopened.predict(test.texts), test.targets)) >= len(test) - 1
-    lora = PeftModel.from_pretrained(AutoModel.from_pretrained(_load_location(DEFAULT_BASE)), str(reopened.task("banking").path))
+    lora = PeftModel.from_pretrained(AutoModel.from_pretrained(load_location(DEFAULT_BASE)), str(reopened.task("banking").path))
     assert lora.peft_config["default"].peft_type == "LORA"
 
 
