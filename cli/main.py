@@ -7,14 +7,16 @@ import json
 import os
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from adapterbank import AdapterBank, AdapterBankError, CLMConfig, ClassificationConfig, TaskInfo, __version__
+from adapterbank import AdapterBank, AdapterBankError, AdapterBankWarning, __version__
+from adapterbank.causal.config import GenerationSettings
 from adapterbank.causal.merging import MERGE_METHODS, MergeParams
-from adapterbank.classify.bank import COMPOSITIONS, DEFAULT_TOP_K
+from adapterbank.classify.bank import COMPOSITIONS, DEFAULT_BATCH_SIZE, DEFAULT_TOP_K
 from adapterbank.core.models import DEFAULT_BASE, DEFAULT_CAUSAL_BASE
 from adapterbank.data import load_texts
 from adapterbank.evaluation.baselines import BASELINES
@@ -22,6 +24,7 @@ from adapterbank.evaluation.scenarios import SCENARIOS
 from adapterbank.kinds import DEFAULT_KIND, KINDS
 from adapterbank.routing.methods import METHODS
 
+from . import output
 from .generated import choices, listing, setting_options
 
 app = typer.Typer(
@@ -30,6 +33,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: rich's tables show a `<bool>` metavar on flags that take no value
 )
 
 Kind = choices("Kind", KINDS)
@@ -91,28 +95,7 @@ def add_task(
     opened = _open(bank, device)
     info = opened.add_task(name, train, eval=eval_path, progress=not quiet, kind=kind.value,
                            **({"objective": objective.value} if objective else {}), **(settings or {}))
-    typer.echo(_ADDED.get(info.objective, _added_classification)(info))
-
-
-def _added_classification(info: TaskInfo) -> str:
-    metrics = info.record["metrics"]
-    lines = [f"added task {info.name}: {len(info.labels)} label(s), {info.kind or 'router only'}, "
-             f"{metrics['add_task_seconds']:.1f} s, {info.size_bytes / 1024:.0f} KiB"]
-    if "eval_accuracy" in metrics:
-        lines.append(f"validation accuracy: {metrics['eval_accuracy']:.2%} ({info.record['data']['eval_examples']} texts)")
-    return "\n".join(lines)
-
-
-def _added_clm(info: TaskInfo) -> str:
-    metrics = info.record["metrics"]
-    return (f"added task {info.name}: clm {info.kind} on base {info.record['base']['version']}, {metrics['train_tokens']:,} "
-            f"tokens at {metrics['train_tokens_per_s']:.0f} tokens/s, {metrics['add_task_seconds']:.1f} s, "
-            f"{info.size_bytes / 1024:.0f} KiB\n"
-            f"held-out perplexity: {metrics['perplexity_before']:.2f} -> {metrics['perplexity_after']:.2f} "
-            f"({metrics['held_out_tokens']:,} tokens, {metrics['held_out_source']})")
-
-
-_ADDED = {ClassificationConfig.objective: _added_classification, CLMConfig.objective: _added_clm}
+    typer.echo(output.ADDED.get(info.objective, output.added_classification)(info))
 
 
 @app.command("list")
@@ -122,32 +105,10 @@ def list_tasks(bank: Path = BankArg, as_json: bool = typer.Option(False, "--json
     tasks = opened.tasks()
     if as_json:
         typer.echo(json.dumps({"bank": str(opened.path), "family": opened.family, "base": opened.base_id,
-                               "tasks": [_summary(t) for t in tasks]}, indent=2))
+                               "tasks": [output.summary(t) for t in tasks]}, indent=2))
         return
     typer.echo(f"bank {opened.path}  base {opened.base_id}  {len(tasks)} task(s)")
-    _LIST[opened.family](opened, tasks)
-
-
-def _list_classifier(bank: AdapterBank, tasks: list[TaskInfo]) -> None:
-    for task in tasks:
-        row = _summary(task)
-        accuracy = f"{row['eval_accuracy']:.1%}" if row["eval_accuracy"] is not None else "-"
-        typer.echo(f"  {task.name:<20} {row['kind'] or 'router':<7} {len(task.labels):>4} labels  "
-                   f"eval {accuracy:>6}  {row['size_kib']:>6.0f} KiB")
-
-
-def _list_causal(bank: AdapterBank, tasks: list[TaskInfo]) -> None:
-    current = bank.current_base_version
-    typer.echo(f"current base version {current}")
-    for task in tasks:
-        row, trained_on = _summary(task), task.record["base"]["version"]
-        flag = "" if trained_on == current else f"  (trained on {trained_on}: served on {trained_on}, merge needs --retarget)"
-        metrics = task.record.get("metrics", {})
-        typer.echo(f"  {task.name:<20} {task.objective:<5} base {trained_on:<4} perplexity {metrics.get('perplexity_before', 0):.2f} -> "
-                   f"{metrics.get('perplexity_after', 0):.2f}  {row['size_kib']:>6.0f} KiB{flag}")
-
-
-_LIST = {"classifier": _list_classifier, "causal": _list_causal}
+    output.LIST[opened.family](opened, tasks)
 
 
 @app.command()
@@ -192,23 +153,40 @@ def predict(
     method: Optional[RouterMethod] = typer.Option(None, "--method", help=f"Router method: {listing(METHODS)}.", show_default="bank.json's"),
     ood_quantile: Optional[float] = typer.Option(None, "--ood-quantile", help="Out-of-scope threshold: a text less similar to its task than this fraction of the task's own training texts gets no label; 0 turns it off.", show_default="bank.json's (0.01)"),
     task: Optional[str] = typer.Option(None, "--task", help="Skip routing: use this task's module."),
+    top_labels: int = typer.Option(0, "--top-labels", help="Also print each text's best N labels with their probabilities (--json: a 'labels' list; tab-separated: a 'labels' column)."),
+    batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, "--batch-size", help="Texts per forward pass."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     device: str = DeviceOpt,
 ) -> None:
-    """Label texts over every label of every task, without being told the task (out-of-scope texts print label None)."""
+    """Label texts over every label of every task, without being told the task.
+
+    Tab-separated output with a header (label, task, score, text; tabs, newlines and backslashes in a
+    field are written as \\t, \\n, \\\\). An out-of-scope text has an empty label and task; --json then
+    gives the task and label it came closest to. With a 'label' field in --input, the accuracy is printed
+    (on stderr; with --json, as a last line {"accuracy": ..., "texts": N})."""
     if bool(text) == (input_path is not None):
         _fail("give texts with --text or a file with --input (one of the two)")
-    texts, gold = (list(text), None) if text else load_texts(input_path)
+    texts, gold = (list(text), None) if text else load_texts(input_path, blank_lines=False)
     predictions = _open(bank, device).predict(texts, top_k=top_k, composition=composition.value,
                                               method=method.value if method else None, ood_quantile=ood_quantile,
-                                              task=task, progress=input_path is not None)
+                                              task=task, progress=input_path is not None and not quiet,
+                                              batch_size=batch_size, top_labels=top_labels)
+    if not as_json:
+        typer.echo("\t".join(["label", "task", "score", "text"] + (["labels"] if top_labels else [])))
     for item, prediction in zip(texts, predictions):
         if as_json:
             typer.echo(json.dumps({"text": item, **prediction.to_dict()}, ensure_ascii=False))
-        else:
-            typer.echo(f"{prediction.label}\t{prediction.task}\t{prediction.score:.3f}\t{item}")
+            continue
+        row = [output.tsv(prediction.label), output.tsv(prediction.task), f"{prediction.score:.3f}", output.tsv(item)]
+        if top_labels:
+            row.append(" ".join(f"{output.tsv(label)}:{p:.3f}" for label, _, p in prediction.labels))
+        typer.echo("\t".join(row))
     if gold is not None:
         accuracy = sum(p.label == g for p, g in zip(predictions, gold)) / len(gold)
-        typer.echo(f"accuracy: {accuracy:.2%} ({len(gold)} texts)", err=True)
+        if as_json:
+            typer.echo(json.dumps({"accuracy": round(accuracy, 6), "texts": len(gold)}))
+        else:
+            typer.echo(f"accuracy: {accuracy:.2%} ({len(gold)} texts)", err=True)
 
 
 @app.command("eval")
@@ -247,28 +225,26 @@ def evaluate(
 
 
 @app.command()
+@setting_options([("", GenerationSettings)])
 def generate(
     bank: Path = BankArg,
     prompt: Optional[List[str]] = typer.Option(None, "--prompt", "-p", help="A prompt to continue (repeatable)."),
     input_path: Optional[Path] = typer.Option(None, "--input", "-i", help=".jsonl/.csv with a 'text' field, or .txt with one prompt per line."),
-    max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="Tokens to generate per prompt."),
     task: Optional[str] = typer.Option(None, "--task", help="Skip routing: every prompt uses this task's module."),
     sample: bool = typer.Option(False, "--sample", help="Sample (with --temperature, --top-p) instead of greedy decoding."),
-    temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature (with --sample)."),
-    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass (with --sample)."),
-    seed: int = typer.Option(0, "--seed", help="Sampling seed."),
     ood_quantile: Optional[float] = typer.Option(None, "--ood-quantile", help="A prompt less similar to its closest domain than this fraction of the domain's own text goes to the base; 0 turns it off.", show_default="bank.json's (0.01)"),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per prompt (JSON Lines)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     device: str = DeviceOpt,
+    settings: Optional[dict] = None,
 ) -> None:
     """Continue prompts on a causal-LM bank, each with the module of the domain it is closest to
     (mixed batches); prompts no domain matches are continued by the base alone."""
     if bool(prompt) == (input_path is not None):
         _fail("give prompts with --prompt or a file with --input (one of the two)")
-    prompts = list(prompt) if prompt else load_texts(input_path)[0]
-    results = _open(bank, device).generate(prompts, max_new_tokens=max_new_tokens, task=task, do_sample=sample,
-                                           temperature=temperature, top_p=top_p, seed=seed, ood_quantile=ood_quantile,
-                                           progress=input_path is not None)
+    prompts = list(prompt) if prompt else load_texts(input_path, blank_lines=False)[0]
+    results = _open(bank, device).generate(prompts, task=task, do_sample=sample, ood_quantile=ood_quantile,
+                                           progress=input_path is not None and not quiet, **(settings or {}))
     for item, result in zip(prompts, results):
         if as_json:
             typer.echo(json.dumps({"prompt": item, **result.to_dict()}, ensure_ascii=False))
@@ -331,12 +307,14 @@ def export(
     task: Optional[str] = typer.Option(None, "--task", help="Merge this task's module into the exported model."),
     base_version: Optional[str] = typer.Option(None, "--base-version", help="Causal banks: base version to export.", show_default="the task's own, else the current"),
     peft: bool = typer.Option(False, "--peft", help="Write the --task module as a PEFT directory (PEFT, vLLM, LoRAX) instead of a merged model."),
+    base_name: Optional[str] = typer.Option(None, "--base-name", help="--peft: the base_model_name_or_path to write (e.g. the hub id, for an engine that has the original model).", show_default="a folder that loads offline: the packaged MiniLM, or the bank's base version"),
     device: str = DeviceOpt,
 ) -> None:
     """Write a plain Hugging Face checkpoint (config, tokenizer, safetensors) that transformers loads
     without adapterbank: AutoModelForCausalLM for causal banks, AutoModel (+ head.safetensors,
-    labels.json) for classification banks."""
-    written = _open(bank, device).export(out, task=task, base_version=base_version, peft=peft)
+    labels.json) for classification banks; `adapterbank.load_classifier(OUT).predict(texts)` answers with
+    an exported classification task (merged or --peft)."""
+    written = _open(bank, device).export(out, task=task, base_version=base_version, peft=peft, base_name=base_name)
     typer.echo(f"exported {'PEFT module' if peft else 'checkpoint'} to {written}")
 
 
@@ -368,19 +346,50 @@ def _root(version: bool = typer.Option(False, "--version", help="Print the versi
         raise typer.Exit()
 
 
-def _summary(task: TaskInfo) -> dict:
-    return {"name": task.name, "objective": task.objective, "kind": task.kind, "labels": task.labels,
-            "eval_accuracy": task.record.get("metrics", {}).get("eval_accuracy"), "size_kib": task.size_bytes / 1024}
+def run(argv: Optional[List[str]] = None) -> int:
+    """The CLI as the console script runs it; returns the exit code. Every failure is one line on stderr:
+    `error: ...` with exit 2 for a usage error (a bad option value, click's convention) and 1 for anything
+    else the user can act on (bad data, a bank problem, a file-system error); warnings print as one
+    `warning: ...` line. Only a bug in adapterbank shows a traceback."""
+    from safetensors import SafetensorError
+    from typer.exceptions import TyperException  # typer's own click: usage errors, bad parameters
+
+    def one_line(text: object) -> str:
+        return " ".join(str(text).split())
+
+    def show_warning(message, category, *_args, **_kwargs) -> None:
+        typer.echo(f"warning: {one_line(message)}", err=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # libraries' deprecation notices are not the user's business here
+        warnings.simplefilter("always", AdapterBankWarning)
+        warnings.showwarning = show_warning
+        try:
+            result = app(args=argv, standalone_mode=False, prog_name="adapterbank")
+            return result if isinstance(result, int) else 0
+        except typer.Abort:
+            typer.echo("error: aborted", err=True)
+            return 1
+        except TyperException as exc:
+            context = getattr(exc, "ctx", None)
+            where = f"{context.command_path}: " if context is not None else ""
+            typer.echo(f"error: {where}{one_line(exc.format_message())} (see --help)", err=True)
+            return getattr(exc, "exit_code", 2)
+        except AdapterBankError as exc:
+            typer.echo(f"error: {one_line(exc)}", err=True)
+            return 1
+        except OSError as exc:  # the file system refused something the library did not wrap: still one line
+            typer.echo(f"error: {exc.filename or ''}{': ' if exc.filename else ''}{one_line(exc.strerror or exc)}", err=True)
+            return 1
+        except SafetensorError as exc:
+            typer.echo(f"error: {one_line(exc)}", err=True)
+            return 1
+        except KeyboardInterrupt:
+            typer.echo("interrupted; the bank is unchanged unless a task was reported added", err=True)
+            return 130
 
 
 def main() -> None:
-    """Console entry point: library errors become one line on stderr and exit code 1."""
+    """Console entry point."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        app()
-    except AdapterBankError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        typer.echo("interrupted; the bank is unchanged unless a task was reported added", err=True)
-        sys.exit(130)
+    sys.exit(run())

@@ -138,7 +138,7 @@ def test_task_incremental_gives_the_task_id(flat_data, tiny_base, tmp_path):
 def test_cli_eval_rejects_bad_input_before_anything_is_written(flat_data, tmp_path):
     (flat_data / "test.jsonl").unlink()
     code, out = invoke("eval", flat_data, "--out", tmp_path / "out", "--tasks", "2")
-    assert code == 1 and "missing test split" in out
+    assert code == 1 and "missing test split" in invoke.stderr
     assert not (tmp_path / "out").exists()
     code, out = invoke("eval", flat_data, "--out", tmp_path / "out", "--baselines", "joint,oracle")
     assert code == 1 and "unknown baseline 'oracle'" in invoke.stderr

@@ -1,0 +1,67 @@
+"""How the CLI prints results: add-task's summary per objective, `list` per bank family, tab-separated
+fields. Kept apart from the commands so main.py stays a thin layer of argument parsing."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from adapterbank import AdapterBank, CLMConfig, ClassificationConfig, TaskInfo
+
+
+def added_classification(info: TaskInfo) -> str:
+    metrics = info.record["metrics"]
+    lines = [f"added task {info.name}: {len(info.labels)} label(s), {info.kind or 'router only'}, "
+             f"{metrics['add_task_seconds']:.1f} s, {info.size_bytes / 1024:.0f} KiB"]
+    if "eval_accuracy" in metrics:
+        lines.append(f"validation accuracy: {metrics['eval_accuracy']:.2%} ({info.record['data']['eval_examples']} texts)")
+    return "\n".join(lines)
+
+
+def added_clm(info: TaskInfo) -> str:
+    metrics = info.record["metrics"]
+    return (f"added task {info.name}: clm {info.kind} on base {info.record['base']['version']}, {metrics['train_tokens']:,} "
+            f"tokens at {metrics['train_tokens_per_s']:.0f} tokens/s, {metrics['add_task_seconds']:.1f} s, "
+            f"{info.size_bytes / 1024:.0f} KiB\n"
+            f"held-out perplexity: {metrics['perplexity_before']:.2f} -> {metrics['perplexity_after']:.2f} "
+            f"({metrics['held_out_tokens']:,} tokens, {metrics['held_out_source']})")
+
+
+ADDED = {ClassificationConfig.objective: added_classification, CLMConfig.objective: added_clm}
+
+
+def _list_classifier(bank: AdapterBank, tasks: list[TaskInfo]) -> None:
+    for task in tasks:
+        row = summary(task)
+        accuracy = f"{row['eval_accuracy']:.1%}" if row["eval_accuracy"] is not None else "-"
+        typer.echo(f"  {task.name:<20} {row['kind'] or 'router':<7} {len(task.labels):>4} labels  "
+                   f"eval {accuracy:>6}  {row['size_bytes'] / 1024:>6.0f} KiB")
+
+
+def _list_causal(bank: AdapterBank, tasks: list[TaskInfo]) -> None:
+    current, merged = bank.current_base_version, bank.merged_modules()
+    typer.echo(f"current base version {current}")
+    for task in tasks:
+        row, trained_on = summary(task), task.record["base"]["version"]
+        flag = "" if trained_on == current else f"  (trained on {trained_on}: served on {trained_on}, merge needs --retarget)"
+        if task.record.get("id") in merged:
+            flag = f"  (merged into {merged[task.record['id']]}: the current base {current} contains it)"
+        metrics = task.record.get("metrics", {})
+        typer.echo(f"  {task.name:<20} {task.objective:<5} base {trained_on:<4} perplexity {metrics.get('perplexity_before', 0):.2f} -> "
+                   f"{metrics.get('perplexity_after', 0):.2f}  {row['size_bytes'] / 1024:>6.0f} KiB{flag}")
+
+
+LIST = {"classifier": _list_classifier, "causal": _list_causal}
+
+
+def tsv(value: Optional[str]) -> str:
+    """A field of tab-separated output: empty for None; backslash, tab, newline and CR escaped."""
+    if value is None:
+        return ""
+    return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def summary(task: TaskInfo) -> dict:
+    return {"name": task.name, "objective": task.objective, "kind": task.kind, "labels": task.labels,
+            "eval_accuracy": task.record.get("metrics", {}).get("eval_accuracy"), "size_bytes": task.size_bytes}
