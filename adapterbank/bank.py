@@ -19,7 +19,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, ClassVar, Sequence
 
 from .core.models import DEFAULT_BASE, check_device
 from .data import Dataset
@@ -29,6 +29,7 @@ from .store.files import ensure_new_dir
 from .store.registry import INDEX_FILE, Registry
 
 SHOWN_CANDIDATES = 3  # router candidates reported with each answer
+SERVING_FILE = "serving.json"  # export --all: how vLLM and LoRAX load the exported modules
 
 
 @dataclass
@@ -187,6 +188,13 @@ class AdapterBank:
         if self.registry.read_tasks() and (self.path / INDEX_FILE).exists():
             self._save_index()
 
+    def import_adapter(self, name: str, adapter: str | os.PathLike, examples, force_base: bool = False) -> TaskInfo:
+        """Add a PEFT adapter trained elsewhere as task `name` (see importing.py): it must fit the base;
+        `examples` (prompts or texts, a file or a list) give its router statistics."""
+        from .importing import import_adapter
+
+        return import_adapter(self, name, adapter, examples, force_base=force_base)
+
     def verify(self) -> VerifyReport:
         """Every file of the bank against its recorded checksum (see store/verify.py)."""
         return verify_bank(self.path)
@@ -215,22 +223,60 @@ class AdapterBank:
             raise AdapterBankError(f"config must be a {self.objectives[objective].__name__}, got {type(config).__name__}")
         return dataclasses.replace(config)  # validated again, and the caller's object is never changed
 
-    def _export_peft(self, out: str | os.PathLike, info: TaskInfo | None, base_name: str,
-                     extra: Callable[[Path], None] | None = None) -> Path:
-        """`export --peft`, for both families: the module as a PEFT directory naming `base_name` as its base
-        (`extra(directory)` adds family files, e.g. a classifier's head and labels)."""
+    def _peft_base(self, info: TaskInfo) -> str:
+        """The base a module's PEFT export names: one that loads offline (each family says which)."""
+        raise NotImplementedError
+
+    def _peft_extra(self, info: TaskInfo, directory: Path) -> None:
+        """Family files beside an exported PEFT module (a classifier's head and labels)."""
+
+    def _export_peft(self, out: str | os.PathLike, info: TaskInfo | None, base_name: str | None) -> Path:
+        """`export --peft`, for both families: the module as a PEFT directory naming `base_name` (default:
+        `_peft_base`) as its base, with the family's extra files."""
         from .kinds import write_peft_dir
         from .store.files import write_new_dir
 
         if info is None:
-            raise AdapterBankError("--peft exports a module: name it with --task")
+            raise AdapterBankError("--peft exports a module: name it with --task (or export every module with --all)")
+        self._check_task(info.name, info)
 
         def fill(staging: Path) -> None:
-            write_peft_dir(info.path, staging, base_name)
-            if extra is not None:
-                extra(staging)
+            write_peft_dir(info.path, staging, base_name or self._peft_base(info))
+            self._peft_extra(info, staging)
 
         return write_new_dir(out, fill, what="--out")
+
+    def export_all(self, out: str | os.PathLike, base_name: str | None = None) -> Path:
+        """Every module as a PEFT directory (`OUT/<task>/`), plus `OUT/serving.json`: for each base the
+        modules run on, the vLLM command line (`--lora-modules name=path ...`) and the LoRAX launcher and
+        request fields that load them. Atomic, like every export."""
+        from .kinds import write_peft_dir
+        from .store.files import ensure_new_dir, write_json_atomic, write_new_dir
+
+        ensure_new_dir(out, "--out")
+        tasks = [info for info in self.tasks() if info.kind is not None]
+        if not tasks:
+            raise AdapterBankError(f"bank {self.path} has no modules to export")
+        for info in tasks:
+            self._check_task(info.name, info)
+        target = Path(out).expanduser().resolve()
+
+        def fill(staging: Path) -> None:
+            groups: dict[str, list[TaskInfo]] = {}
+            for info in tasks:
+                base = base_name or self._peft_base(info)
+                (staging / info.name).mkdir()
+                write_peft_dir(info.path, staging / info.name, base)
+                self._peft_extra(info, staging / info.name)
+                groups.setdefault(base, []).append(info)
+            write_json_atomic(staging / SERVING_FILE, {"bank": str(self.path.resolve()), "family": self.family,
+                                                       "bases": [self._serving(base, infos, target) for base, infos in groups.items()]})
+
+        return write_new_dir(out, fill, what="--out")
+
+    def _serving(self, base: str, infos: list[TaskInfo], out: Path) -> dict:
+        """How GPU engines load one base's modules from `out` (causal banks; a classifier has no engine to hand off to)."""
+        return {"base": base, "modules": {info.name: str(out / info.name) for info in infos}}
 
     # -- routing --------------------------------------------------------------------------------
     def router_features(self, texts: Sequence[str]):

@@ -16,49 +16,17 @@ import typer
 from adapterbank import AdapterBank, AdapterBankError, AdapterBankWarning, __version__
 from adapterbank.causal.config import GenerationSettings
 from adapterbank.causal.merging import MERGE_METHODS, MergeParams
-from adapterbank.classify.bank import COMPOSITIONS, DEFAULT_BATCH_SIZE, DEFAULT_TOP_K
+from adapterbank.classify.bank import DEFAULT_BATCH_SIZE, DEFAULT_TOP_K
 from adapterbank.core.models import DEFAULT_BASE, DEFAULT_CAUSAL_BASE
 from adapterbank.data import load_texts
 from adapterbank.evaluation.baselines import BASELINES
-from adapterbank.evaluation.scenarios import SCENARIOS
 from adapterbank.kinds import DEFAULT_KIND, KINDS
 from adapterbank.routing.methods import METHODS
 
 from . import output
-from .generated import choices, listing, setting_options
-
-app = typer.Typer(
-    help="Parameter-efficient continual learning: one frozen base model, one small module per task, "
-    "and task-agnostic predictions over every label learned so far.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,  # plain help: rich's tables show a `<bool>` metavar on flags that take no value
-)
-
-Kind = choices("Kind", KINDS)
-OBJECTIVES = {name: config for family in AdapterBank.families().values() for name, config in family.objectives.items()}
-Objective = choices("Objective", OBJECTIVES)
-MergeMethod = choices("MergeMethod", MERGE_METHODS)
-RouterMethod = choices("RouterMethod", METHODS)
-Composition = choices("Composition", COMPOSITIONS)
-Scenario = choices("Scenario", SCENARIOS)
-
-BankArg = typer.Argument(..., help="Bank directory.", show_default=False)
-DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:N.")
-KindOpt = typer.Option(DEFAULT_KIND, "--kind", help=f"Module kind: {listing(KINDS)}.")
-TRAINING_SETTINGS = [*OBJECTIVES.items(), *((f"--kind {name}", kind.Params) for name, kind in KINDS.items())]
-
-
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code=1)
-
-
-def _open(bank: Path, device: str = "auto") -> AdapterBank:
-    """Open without loading the model: commands that need it load and verify it on first use,
-    after their inputs have been validated (so bad input fails in well under a second)."""
-    return AdapterBank.open(bank, device=device, lazy=True)
+from .common import (TRAINING_SETTINGS, BankArg, Composition, DeviceOpt, Kind, KindOpt, MergeMethod, Objective,
+                     RouterMethod, Scenario, app, fail, open_bank)
+from .generated import listing, setting_options
 
 
 @app.command()
@@ -92,7 +60,7 @@ def add_task(
 ) -> None:
     """Train a module for one task and add it; earlier tasks are left untouched. Classification tasks
     learn labels; clm tasks (causal-LM banks) learn a domain's text and report held-out perplexity."""
-    opened = _open(bank, device)
+    opened = open_bank(bank, device)
     info = opened.add_task(name, train, eval=eval_path, progress=not quiet, kind=kind.value,
                            **({"objective": objective.value} if objective else {}), **(settings or {}))
     typer.echo(output.ADDED.get(info.objective, output.added_classification)(info))
@@ -101,7 +69,7 @@ def add_task(
 @app.command("list")
 def list_tasks(bank: Path = BankArg, as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """List the bank's tasks in the order they were added."""
-    opened = _open(bank)
+    opened = open_bank(bank)
     tasks = opened.tasks()
     if as_json:
         typer.echo(json.dumps({"bank": str(opened.path), "family": opened.family, "base": opened.base_id,
@@ -115,14 +83,14 @@ def list_tasks(bank: Path = BankArg, as_json: bool = typer.Option(False, "--json
 def show(bank: Path = BankArg, name: str = typer.Argument(..., help="Task name.")) -> None:
     """Print one task's record as JSON: labels, kind, its training config and the resolved
     hyper-parameters, metrics, data fingerprints, file checksums."""
-    info = _open(bank).task(name)
+    info = open_bank(bank).task(name)
     typer.echo(json.dumps({**info.record, "path": str(info.path), "size_bytes": info.size_bytes}, indent=2, ensure_ascii=False))
 
 
 @app.command()
 def remove(bank: Path = BankArg, name: str = typer.Argument(..., help="Task name.")) -> None:
     """Remove a task and its files from the bank."""
-    _open(bank).remove_task(name)
+    open_bank(bank).remove_task(name)
     typer.echo(f"removed task {name}")
 
 
@@ -138,7 +106,7 @@ def verify(bank: Path = BankArg) -> None:
     for problem in report.problems:
         typer.echo(f"FAIL {problem}", err=True)
     if not report.ok:
-        _fail(f"{len(report.problems)} problem(s) in bank {report.path}")
+        fail(f"{len(report.problems)} problem(s) in bank {report.path}")
     typer.echo(f"ok: bank {report.path}, {report.tasks} tasks, every file matches its checksum")
 
 
@@ -165,9 +133,9 @@ def predict(
     gives the task and label it came closest to. With a 'label' field in --input, the accuracy is printed
     (on stderr; with --json, as a last line {"accuracy": ..., "texts": N})."""
     if bool(text) == (input_path is not None):
-        _fail("give texts with --text or a file with --input (one of the two)")
+        fail("give texts with --text or a file with --input (one of the two)")
     texts, gold = (list(text), None) if text else load_texts(input_path, blank_lines=False)
-    predictions = _open(bank, device).predict(texts, top_k=top_k, composition=composition.value,
+    predictions = open_bank(bank, device).predict(texts, top_k=top_k, composition=composition.value,
                                               method=method.value if method else None, ood_quantile=ood_quantile,
                                               task=task, progress=input_path is not None and not quiet,
                                               batch_size=batch_size, top_labels=top_labels)
@@ -213,7 +181,7 @@ def evaluate(
     chosen = [b.strip() for b in baselines.split(",") if b.strip()]
     for name in chosen:
         if name not in BASELINES:
-            _fail(f"--baselines: unknown baseline {name!r}; choose from: {', '.join(BASELINES)}")
+            fail(f"--baselines: unknown baseline {name!r}; choose from: {', '.join(BASELINES)}")
     tasks = load_scenario(data_dir, scenario.value, n_tasks=n_tasks, task_map=task_map,
                           order=[o.strip() for o in order.split(",") if o.strip()] if order else None, seed=seed,
                           max_train_per_class=max_train_per_class)
@@ -241,9 +209,9 @@ def generate(
     """Continue prompts on a causal-LM bank, each with the module of the domain it is closest to
     (mixed batches); prompts no domain matches are continued by the base alone."""
     if bool(prompt) == (input_path is not None):
-        _fail("give prompts with --prompt or a file with --input (one of the two)")
+        fail("give prompts with --prompt or a file with --input (one of the two)")
     prompts = list(prompt) if prompt else load_texts(input_path, blank_lines=False)[0]
-    results = _open(bank, device).generate(prompts, task=task, do_sample=sample, ood_quantile=ood_quantile,
+    results = open_bank(bank, device).generate(prompts, task=task, do_sample=sample, ood_quantile=ood_quantile,
                                            progress=input_path is not None and not quiet, **(settings or {}))
     for item, result in zip(prompts, results):
         if as_json:
@@ -270,8 +238,8 @@ def merge(
     try:
         parsed = [float(w) for w in weights.split(",")] if weights else None
     except ValueError:
-        _fail(f"--weights: expected comma-separated numbers, got {weights!r}")
-    record = _open(bank, device).merge(names, method=method.value, weights=parsed, seed=seed, retarget=retarget,
+        fail(f"--weights: expected comma-separated numbers, got {weights!r}")
+    record = open_bank(bank, device).merge(names, method=method.value, weights=parsed, seed=seed, retarget=retarget,
                                        **(settings or {}))
     lineage = record["lineage"]
     typer.echo(f"merged {', '.join(names)} into base {lineage['parent']} with {lineage['method']}: new base version "
@@ -281,7 +249,7 @@ def merge(
 @app.command()
 def versions(bank: Path = BankArg, as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """List a causal-LM bank's base versions with their lineage; * marks the current one."""
-    rows = _open(bank).base_versions()
+    rows = open_bank(bank).base_versions()
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
@@ -295,27 +263,9 @@ def versions(bank: Path = BankArg, as_json: bool = typer.Option(False, "--json",
 @app.command()
 def rollback(bank: Path = BankArg, version: str = typer.Argument(..., help="Base version to make current (e.g. v0).")) -> None:
     """Make another base version current (new modules train on it, generation uses it). No files change."""
-    opened = _open(bank)
+    opened = open_bank(bank)
     opened.rollback(version)
     typer.echo(f"current base version is now {opened.current_base_version}")
-
-
-@app.command()
-def export(
-    bank: Path = BankArg,
-    out: Path = typer.Option(..., "--out", help="Output directory (must not exist, or be empty)."),
-    task: Optional[str] = typer.Option(None, "--task", help="Merge this task's module into the exported model."),
-    base_version: Optional[str] = typer.Option(None, "--base-version", help="Causal banks: base version to export.", show_default="the task's own, else the current"),
-    peft: bool = typer.Option(False, "--peft", help="Write the --task module as a PEFT directory (PEFT, vLLM, LoRAX) instead of a merged model."),
-    base_name: Optional[str] = typer.Option(None, "--base-name", help="--peft: the base_model_name_or_path to write (e.g. the hub id, for an engine that has the original model).", show_default="a folder that loads offline: the packaged MiniLM, or the bank's base version"),
-    device: str = DeviceOpt,
-) -> None:
-    """Write a plain Hugging Face checkpoint (config, tokenizer, safetensors) that transformers loads
-    without adapterbank: AutoModelForCausalLM for causal banks, AutoModel (+ head.safetensors,
-    labels.json) for classification banks; `adapterbank.load_classifier(OUT).predict(texts)` answers with
-    an exported classification task (merged or --peft)."""
-    written = _open(bank, device).export(out, task=task, base_version=base_version, peft=peft, base_name=base_name)
-    typer.echo(f"exported {'PEFT module' if peft else 'checkpoint'} to {written}")
 
 
 @app.command()
@@ -337,6 +287,9 @@ def demo(
     typer.echo(f"\ntask-agnostic accuracy: {result.accuracy:.1%} on {len(result.texts)} texts; total {result.seconds:.0f} s\n")
     list_tasks(path, as_json=False)
     typer.echo(f"\nThe bank is kept at {path}; try: adapterbank predict {path} --text 'what is my balance'")
+
+
+from . import handoff  # noqa: E402,F401 - registers export, import and serve after the bank commands (help order)
 
 
 @app.callback(invoke_without_command=True)

@@ -48,8 +48,9 @@ def _list_causal(bank: AdapterBank, tasks: list[TaskInfo]) -> None:
         if task.record.get("id") in merged:
             flag = f"  (merged into {merged[task.record['id']]}: the current base {current} contains it)"
         metrics = task.record.get("metrics", {})
-        typer.echo(f"  {task.name:<20} {task.objective:<5} base {trained_on:<4} perplexity {metrics.get('perplexity_before', 0):.2f} -> "
-                   f"{metrics.get('perplexity_after', 0):.2f}  {row['size_bytes'] / 1024:>6.0f} KiB{flag}")
+        detail = (f"perplexity {metrics['perplexity_before']:.2f} -> {metrics['perplexity_after']:.2f}"
+                  if "perplexity_before" in metrics else f"from {task.record.get('imported', {}).get('from', '?')}")
+        typer.echo(f"  {task.name:<20} {task.objective:<8} base {trained_on:<4} {detail}  {row['size_bytes'] / 1024:>6.0f} KiB{flag}")
 
 
 LIST = {"classifier": _list_classifier, "causal": _list_causal}

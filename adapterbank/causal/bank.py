@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Sequence
 
 from .. import faults
 from ..version import __version__
-from ..bank import AdapterBank, TaskInfo
+from ..bank import AdapterBank, TaskInfo, as_texts
 from ..core.models import DEFAULT_BASE, Base
 from ..errors import AdapterBankError, BaseMismatchError, DataError
 from ..store import versions
@@ -160,7 +160,8 @@ class CausalBank(AdapterBank, family="causal"):
         from ..kinds import save_module
         from ..routing.index import in_scope_share
         from ..routing.statistics import class_statistics, save_statistics
-        from .training import ROUTER_SAMPLE_BLOCKS, make_blocks, perplexity, router_texts, split_held_out, train_clm
+        from .training import (ROUTER_SAMPLE_BLOCKS, make_blocks, perplexity, router_texts, split_held_out, train_clm,
+                               warn_if_unhelpful)
 
         version = self.current_base_version
         base = self.base_at(version)
@@ -181,7 +182,7 @@ class CausalBank(AdapterBank, family="causal"):
         quantile = self.registry.manifest["router"]["ood_quantile"]
         reach = in_scope_share(stats, self._router_features(router_texts(base.tokenizer, held_out, ROUTER_SAMPLE_BLOCKS,
                                                                           config.seed + 1), {}), quantile)
-        _warn_if_unhelpful(name, before, after, trained.metrics["train_steps"], reach, quantile, len(blocks))
+        warn_if_unhelpful(name, before, after, trained.metrics["train_steps"], reach, quantile, len(blocks))
         record = {
             "objective": config.objective, "kind": config.kind, "labels": [], "adapterbank_version": __version__,
             "base": {"id": self.base_id, "version": version, "fingerprint": base.fingerprint},
@@ -223,7 +224,8 @@ class CausalBank(AdapterBank, family="causal"):
     def generate(self, prompts: Sequence[str], max_new_tokens: int = _GENERATION.max_new_tokens, task: str | None = None,
                  method: str | None = None, ood_quantile: float | None = None, do_sample: bool = False,
                  temperature: float = _GENERATION.temperature, top_p: float = _GENERATION.top_p,
-                 seed: int = _GENERATION.seed, batch_size: int = _GENERATION.batch_size, progress: bool = False):
+                 seed: int = _GENERATION.seed, batch_size: int = _GENERATION.batch_size, progress: bool = False,
+                 route_texts: Sequence[str] | None = None, base_only: bool = False):
         """Continue each prompt with the module of the domain the router finds it closest to.
 
         Args:
@@ -235,6 +237,9 @@ class CausalBank(AdapterBank, family="causal"):
             do_sample, temperature, top_p, seed: sampling instead of greedy decoding.
             batch_size: prompts per generation batch (rows of one batch may use different modules).
             progress: show a progress bar over the batches.
+            route_texts: route on these texts instead of the prompts (one per prompt): a chat routes on
+                what the user wrote, not on the chat template around it.
+            base_only: no module at all: every prompt is continued by the current base.
 
         Returns generation.Generation objects (text, task, probability, base version, candidates).
         """
@@ -255,7 +260,18 @@ class CausalBank(AdapterBank, family="causal"):
         self._require_task(task, records)
         if not prompts:
             return []
-        routes = [Route([task], [1.0]) for _ in prompts] if task is not None else self._route(records, prompts, method, quantile)
+        if route_texts is not None:
+            route_texts = as_texts(route_texts)
+            if len(route_texts) != len(prompts):
+                raise DataError(f"route_texts: {len(route_texts)} texts for {len(prompts)} prompts")
+        if task is not None and base_only:
+            raise AdapterBankError("give task= or base_only=True, not both")
+        if task is not None:
+            routes = [Route([task], [1.0]) for _ in prompts]
+        elif base_only:
+            routes = [Route([], [], in_scope=False) for _ in prompts]
+        else:
+            routes = self._route(records, route_texts or prompts, method, quantile)
         current = self.current_base_version
         chosen = [r.tasks[0] if r.in_scope and r.tasks else None for r in routes]
         versions_used = [records[c].record["base"]["version"] if c else current for c in chosen]
@@ -276,6 +292,17 @@ class CausalBank(AdapterBank, family="causal"):
                 texts[i] = text
         return [Generation(text, c, round(r.probabilities[0], 6) if c else 0.0, v, list(zip(r.tasks, r.probabilities)))
                 for text, c, r, v in zip(texts, chosen, routes, versions_used)]
+
+    def chat(self, conversations: Sequence[Sequence[dict]], **options: Any) -> list:
+        """Answer each conversation (OpenAI chat messages: `{"role": "system"|"user"|"assistant", "content"}`)
+        with the module of the domain its user turns are closest to. The base tokenizer's chat template
+        is applied when it has one, else plain `role: content` lines. `options`: as for `generate`."""
+        from .generation import chat_prompt
+
+        base = self.base
+        prompts, users = zip(*(chat_prompt(base.tokenizer, messages, i + 1) for i, messages in enumerate(conversations))) \
+            if conversations else ((), ())
+        return self.generate(list(prompts), route_texts=list(users), **options)
 
     # -- merging and export ---------------------------------------------------------------------
     def merge(self, tasks: Sequence[str], method: str = "linear", weights: Sequence[float] | None = None,
@@ -359,9 +386,7 @@ class CausalBank(AdapterBank, family="causal"):
         if info is not None:
             self._check_task(info.name, info)
         if peft:
-            trained_on = info.record.get("base", {}).get("version") if info is not None else None
-            location = str(versions.version_dir(self.path, trained_on).resolve()) if trained_on else self.base_id
-            return self._export_peft(out, info, base_name or location)
+            return self._export_peft(out, info, base_name)
         if base_name is not None:
             raise AdapterBankError("--base-name applies to --peft exports (a merged checkpoint needs no base)")
         version = base_version or (info.record["base"]["version"] if info is not None else self.current_base_version)
@@ -372,22 +397,13 @@ class CausalBank(AdapterBank, family="causal"):
         model = merged_model(base.model, info.path) if info is not None else base.model
         return write_new_dir(out, lambda staging: save_checkpoint(staging, model, base.tokenizer), what="--out")
 
+    def _peft_base(self, info: TaskInfo) -> str:
+        """The folder of the base version the module was trained on (plain safetensors: loads offline)."""
+        return str(versions.version_dir(self.path, info.record["base"]["version"]).resolve())
 
-UNMOVED_PERPLEXITY = 1e-3  # relative change in held-out perplexity below which training is reported as having done nothing
+    def _serving(self, base: str, infos: list[TaskInfo], out: Path) -> dict:
+        from .handoff import engine_commands
 
+        ranks = [int(info.record.get("hyperparameters", {}).get("rank") or 8) for info in infos]
+        return engine_commands(base, {info.name: str(out / info.name) for info in infos}, max(ranks))
 
-def _warn_if_unhelpful(name: str, before: float, after: float, steps: int, reach: float, quantile: float, blocks: int) -> None:
-    """Say at add-task time what would otherwise surprise later: a module that did not learn, or a domain
-    whose own held-out text the router would send to the base."""
-    import warnings
-
-    from ..errors import AdapterBankWarning
-
-    if abs(before - after) <= UNMOVED_PERPLEXITY * before:
-        warnings.warn(f"task {name!r}: {steps} training step(s) did not move held-out perplexity ({before:.3f} -> "
-                      f"{after:.3f}); train longer (--max-steps, --epochs) or with a higher --lr", AdapterBankWarning, stacklevel=3)
-    if reach == 0:
-        warnings.warn(f"task {name!r}: none of its own held-out text is in scope at the bank's out-of-scope threshold "
-                      f"(ood_quantile {quantile}): with {blocks} training block(s) the domain is too small for the router "
-                      "to recognise prompts, which would go to the base; add more text, or generate with "
-                      "--ood-quantile 0 (or --task)", AdapterBankWarning, stacklevel=3)

@@ -71,3 +71,29 @@ class VersionGenerator:
         finally:
             tokenizer.padding_side = side
         return outputs
+
+
+CHAT_ROLES = ("system", "user", "assistant")
+
+
+def chat_prompt(tokenizer, messages, number: int = 1) -> tuple[str, str]:
+    """(the prompt to continue, the text to route on) for one conversation of OpenAI chat messages: the
+    tokenizer's chat template with the assistant's turn opened, or plain `role: content` lines; routing
+    reads the user turns only (the template and system prompt say nothing about the domain)."""
+    from ..errors import DataError
+
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise DataError(f"conversation #{number}: expected a non-empty list of messages")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in CHAT_ROLES or not isinstance(message.get("content"), str):
+            raise DataError(f"conversation #{number}, message #{i + 1}: expected {{'role': {'|'.join(CHAT_ROLES)}, "
+                            "'content': string}")
+    users = [m["content"] for m in messages if m["role"] == "user"]
+    if not any(u.strip() for u in users):
+        raise DataError(f"conversation #{number}: no user message with content")
+    clean = [{"role": m["role"], "content": m["content"]} for m in messages]
+    if getattr(tokenizer, "chat_template", None):
+        prompt = tokenizer.apply_chat_template(clean, add_generation_prompt=True, tokenize=False)
+    else:
+        prompt = "".join(f"{m['role']}: {m['content']}\n" for m in clean) + "assistant:"
+    return prompt, "\n".join(users)

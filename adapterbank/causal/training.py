@@ -148,3 +148,23 @@ def router_texts(tokenizer, blocks: Sequence[Sequence[int]], limit: int, seed: i
         if text:
             texts.append(text)
     return texts or ["(empty)"]
+
+
+UNMOVED_PERPLEXITY = 1e-3  # relative change in held-out perplexity below which training is reported as having done nothing
+
+
+def warn_if_unhelpful(name: str, before: float, after: float, steps: int, reach: float, quantile: float, blocks: int) -> None:
+    """Say at add-task time what would otherwise surprise later: a module that did not learn, or a domain
+    whose own held-out text the router would send to the base."""
+    import warnings
+
+    from ..errors import AdapterBankWarning
+
+    if abs(before - after) <= UNMOVED_PERPLEXITY * before:
+        warnings.warn(f"task {name!r}: {steps} training step(s) did not move held-out perplexity ({before:.3f} -> "
+                      f"{after:.3f}); train longer (--max-steps, --epochs) or with a higher --lr", AdapterBankWarning, stacklevel=4)
+    if reach == 0:
+        warnings.warn(f"task {name!r}: none of its own held-out text is in scope at the bank's out-of-scope threshold "
+                      f"(ood_quantile {quantile}): with {blocks} training block(s) the domain is too small for the router "
+                      "to recognise prompts, which would go to the base; add more text, or generate with "
+                      "--ood-quantile 0 (or --task)", AdapterBankWarning, stacklevel=4)

@@ -290,7 +290,7 @@ class ClassifierBank(AdapterBank, family="classifier"):
         `peft=True` the task's module as a PEFT directory, head and labels included, naming a base that
         loads offline (the packaged model's folder; `base_name` overrides it, e.g. with the hub id).
         `adapterbank.load_classifier(out)` loads either. Atomic: nothing is left at `out` on failure."""
-        from ..core.models import load_location, save_checkpoint
+        from ..core.models import save_checkpoint
         from ..kinds import get_kind, merged_model
         from ..store.files import ensure_new_dir, write_new_dir
         from .heads import export_head
@@ -305,8 +305,7 @@ class ClassifierBank(AdapterBank, family="classifier"):
         if info is not None:
             self._check_task(info.name, info)
         if peft:
-            return self._export_peft(out, info, base_name or load_location(self.base_id),
-                                     extra=lambda staging: export_head(info.path, staging, info.labels, _max_length({info.name: info})))
+            return self._export_peft(out, info, base_name)
         if base_name is not None:
             raise AdapterBankError("--base-name applies to --peft exports (a merged checkpoint needs no base)")
         if info is not None and not get_kind(info.kind).merges_into_weights:
@@ -321,6 +320,18 @@ class ClassifierBank(AdapterBank, family="classifier"):
                 export_head(info.path, staging, info.labels, _max_length({info.name: info}))
 
         return write_new_dir(out, fill, what="--out")
+
+
+    def _peft_base(self, info: TaskInfo) -> str:
+        """The packaged MiniLM's folder (or the base as recorded): loads offline."""
+        from ..core.models import load_location
+
+        return load_location(self.base_id)
+
+    def _peft_extra(self, info: TaskInfo, directory: Path) -> None:
+        from .heads import export_head
+
+        export_head(info.path, directory, info.labels, _max_length({info.name: info}))
 
 
 def _max_length(records: dict[str, TaskInfo]) -> int:

@@ -44,6 +44,8 @@ VALID = {
     "rollback": ["{lm}", "v0"],
     "export": ["{cbank}", "--out", "{new}", "--task", "alpha", "--device", "cpu"],
     "demo": ["--bank", "{a-file}"],  # a valid --bank would build the MiniLM demo: every run here must fail
+    "import": ["{lm}", "imported", "--adapter", "{a-dir}", "--examples", "{data}", "--device", "cpu"],
+    "serve": ["{cbank}", "--api-key-file", "{a-file}"],  # a valid line would serve forever: every run here must fail
 }
 SKIP = {("demo", "bank"): {"missing", "a-dir"}}  # values that would run the one-minute demo
 
@@ -107,6 +109,7 @@ def world(tmp_path_factory, classifier_template, causal_template, tiny_base):
 def _argv(world, command: str, param, value: str) -> list[str]:
     slots = {"tiny_base": world["tiny_base"], "data": world["data"], "evaldata": world["evaldata"],
              "new": world["root"] / f"new-{uuid.uuid4().hex[:8]}", "a-file": world["paths"]["a-file"],
+             "a-dir": world["paths"]["a-dir"],
              "cbank": world["cbank"], "lm": world["lm"]}
     argv = [str(slots[a[1:-1]]) if a.startswith("{") and a.endswith("}") else a for a in VALID[command]]
     if value in world["paths"]:
