@@ -320,14 +320,14 @@ def test_an_exported_task_answers_like_the_bank_merged_and_as_peft(cbank, tmp_pa
 
 
 def test_add_task_says_when_a_clm_module_learned_nothing_or_its_domain_is_out_of_scope(tmp_path, tiny_llama, tiny_base):
-    from adapterbank.causal.bank import _warn_if_unhelpful
+    from adapterbank.causal.training import warn_if_unhelpful
 
     lm = AdapterBank.create(tmp_path / "lm", base=tiny_llama, router_encoder=tiny_base, device="cpu")
     with pytest.warns(AdapterBankWarning, match=r"1 training step\(s\) did not move held-out perplexity"):
         info = lm.add_task("alpha", domain_texts("alpha", 40, seed=0), block_size=32, max_steps=1, lr=1e-9, progress=False)
     assert 0 <= info.record["metrics"]["held_out_in_scope"] <= 1
     with pytest.warns(AdapterBankWarning, match="none of its own held-out text is in scope"):
-        _warn_if_unhelpful("tiny", 10.0, 5.0, 3, reach=0.0, quantile=0.01, blocks=2)
+        warn_if_unhelpful("tiny", 10.0, 5.0, 3, reach=0.0, quantile=0.01, blocks=2)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        _warn_if_unhelpful("fine", 10.0, 5.0, 3, reach=0.9, quantile=0.01, blocks=200)
+        warn_if_unhelpful("fine", 10.0, 5.0, 3, reach=0.9, quantile=0.01, blocks=200)

@@ -67,6 +67,7 @@ class Registry:
         self.root = Path(root)
         self._manifest = manifest
         self._stamp = _stamp(self.root / MANIFEST)
+        self._records: dict[str, tuple[tuple, dict]] = {}  # task name -> (task.json's stamp, its record)
 
     # -- bank ---------------------------------------------------------------------------------
     @classmethod
@@ -142,14 +143,24 @@ class Registry:
         self.manifest  # noqa: B018 - raises if the bank was moved or deleted while open
         if not self.tasks_dir.is_dir():
             raise BankError(f"{self.tasks_dir}: missing (run `adapterbank verify {self.root}`)")
-        records, damaged = {}, {}
+        records, damaged, kept = {}, {}, {}
         for entry in self.tasks_dir.iterdir():
             if entry.name.startswith(".") or not entry.is_dir():
                 continue
-            try:
-                records[entry.name] = self.read_task(entry.name)
-            except BankError as exc:
-                damaged[entry.name] = str(exc)
+            stamp = _stamp(entry / TASK_MANIFEST)
+            known = self._records.get(entry.name)
+            if stamp is not None and known is not None and known[0] == stamp:
+                record = known[1]  # the same file as at the last read, checked then: not parsed again
+            else:
+                try:
+                    record = self.read_task(entry.name)
+                except BankError as exc:
+                    damaged[entry.name] = str(exc)
+                    continue
+            records[entry.name] = record
+            if stamp is not None:
+                kept[entry.name] = (stamp, record)
+        self._records = kept
         return dict(sorted(records.items(), key=lambda item: (item[1].get("sequence", 0), item[0]))), damaged
 
     def damaged_tasks(self) -> dict[str, str]:
