@@ -331,3 +331,18 @@ def test_add_task_says_when_a_clm_module_learned_nothing_or_its_domain_is_out_of
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         warn_if_unhelpful("fine", 10.0, 5.0, 3, reach=0.9, quantile=0.01, blocks=200)
+
+
+def test_a_base_stored_in_half_precision_trains_and_answers(tmp_path, tiny_base):
+    """Found on the GPU run: a checkpoint saved in fp16 loads in fp16, and routed inference met its
+    activations with the module's fp32 tensors (a dtype error at the first predict)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    half = tmp_path / "half-bert"
+    AutoModel.from_pretrained(tiny_base).half().save_pretrained(half)
+    AutoTokenizer.from_pretrained(tiny_base).save_pretrained(half)
+    bank = AdapterBank.create(tmp_path / "bank", base=str(half), device="cpu")
+    assert next(bank.base.model.parameters()).dtype == torch.float16
+    bank.add_task("alpha", synthetic_rows("alpha", 8, 0), epochs=2, progress=False)
+    bank.add_task("beta", synthetic_rows("beta", 8, 0), kind="prompt", epochs=2, progress=False)
+    assert [p.task for p in bank.predict(["aaaaaa bc de", "gggggg hi jk"], ood_quantile=0)] == ["alpha", "beta"]

@@ -34,11 +34,15 @@ class LoadedModule:
     prefix: torch.Tensor | None = None  # `prefix` kinds: [positions, hidden]
 
 
-def _to(device: torch.device, value: Any) -> Any:
-    """A kind's update tensors on `device` (nested tuples; non-tensor fields such as flags pass through)."""
+def _to(device: torch.device, value: Any, dtype: torch.dtype | None = None) -> Any:
+    """A kind's update tensors on `device`, floating ones in the base's `dtype` (a base stored in fp16 or
+    bf16 loads in that dtype, and its activations meet the module's fp32 tensors); nested tuples and
+    non-tensor fields such as flags pass through."""
     if isinstance(value, tuple):
-        return tuple(_to(device, v) for v in value)
-    return value.to(device) if isinstance(value, torch.Tensor) else value
+        return tuple(_to(device, v, dtype) for v in value)
+    if not isinstance(value, torch.Tensor):
+        return value
+    return value.to(device, dtype=dtype if dtype is not None and value.is_floating_point() else value.dtype)
 
 
 class RoutedModel:
@@ -48,6 +52,7 @@ class RoutedModel:
         self.model = base_model
         self.split = SplitEncoder(base_model, upper_layers)
         self.device = next(base_model.parameters()).device
+        self.dtype = next(base_model.parameters()).dtype
         self.cache_size = cache_size
         self.loaded: OrderedDict[str, LoadedModule] = OrderedDict()
         self._plan: list[tuple[LoadedModule, torch.Tensor, torch.Tensor | None]] | None = None
@@ -91,8 +96,8 @@ class RoutedModel:
         head = CosineHead.load(task_dir).to(self.device)
         if spec.batching == "upper":
             updates = spec.load_updates(task_dir, set(self.split.upper_indices))
-            return LoadedModule(spec, head, updates={k: _to(self.device, v) for k, v in updates.items()})
-        return LoadedModule(spec, head, prefix=spec.load_prefix(task_dir).to(self.device))
+            return LoadedModule(spec, head, updates={k: _to(self.device, v, self.dtype) for k, v in updates.items()})
+        return LoadedModule(spec, head, prefix=_to(self.device, spec.load_prefix(task_dir), self.dtype))
 
     # -- passes ---------------------------------------------------------------------------------
     @torch.no_grad()

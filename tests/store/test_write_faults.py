@@ -111,6 +111,7 @@ def test_disk_full_at_every_write_leaves_the_bank_as_it_was(request, tmpfs, temp
         still_answers(bank_dir)
         filler.unlink(missing_ok=True)
         shutil.rmtree(bank_dir)
+    print(f"{operation.__name__}: {need:,} bytes written; free space 0..{leave:,} in steps of {step:,}: {outcomes}")
     assert outcomes[0] == "refused" and outcomes[-1] == "done" and outcomes.count("refused") >= 3, outcomes
 
 
