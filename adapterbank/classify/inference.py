@@ -110,7 +110,9 @@ class RoutedModel:
         """Mean-pooled output of the upper layers for `rows` of the lower pass; `plan` says which
         module(s) act on which of those rows (positions within `rows`), with optional per-row weights."""
         hidden, mask = lower.hidden[rows], lower.mask[rows]
-        self._plan = plan
+        device = hidden.device  # the hooks' index_add needs its row indices where the activations are (CUDA)
+        self._plan = [(module, positions.to(device), None if weights is None else weights.to(device, hidden.dtype))
+                      for module, positions, weights in plan]
         try:
             out = self.split.upper(hidden, mask)
         finally:
