@@ -52,12 +52,13 @@ def plain_loop(base, train, validation, epochs: int, seed: int, bucketed: bool) 
     rng = random.Random(seed)
     labels = train.labels
     index = {label: i for i, label in enumerate(labels)}
-    targets = torch.tensor([index[t] for t in train.targets])
+    device = next(base.model.parameters()).device  # the bank's (--device)
+    targets = torch.tensor([index[t] for t in train.targets], device=device)
     config = LoraConfig(task_type=TaskType.FEATURE_EXTRACTION, r=8, lora_alpha=16, lora_dropout=0.05,
                         target_modules=["query", "value"])
     with quiet_peft():
         model = get_peft_model(copy.deepcopy(base.model), config)
-    head = torch.nn.Linear(base.model.config.hidden_size, len(labels))
+    head = torch.nn.Linear(base.model.config.hidden_size, len(labels)).to(device)
     optimizer = torch.optim.AdamW([{"params": [p for p in model.parameters() if p.requires_grad], "lr": PLAIN_LR},
                                    {"params": list(head.parameters()), "lr": HEAD_LR}], weight_decay=0.01)
     batch_size, n = 32, len(train)
@@ -76,11 +77,11 @@ def plain_loop(base, train, validation, epochs: int, seed: int, bucketed: bool) 
             batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
         for batch in batches:
             if bucketed:
-                input_ids, mask = collate([token_ids[i] for i in batch], pad, torch.device("cpu"))
+                input_ids, mask = collate([token_ids[i] for i in batch], pad, device)
             else:
                 encoded = base.tokenizer([train.texts[i] for i in batch], padding=True, truncation=True,
                                          max_length=128, return_tensors="pt")
-                input_ids, mask = encoded["input_ids"], encoded["attention_mask"]
+                input_ids, mask = encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
             features = mean_pool(model(input_ids=input_ids, attention_mask=mask).last_hidden_state, mask)
             loss = torch.nn.functional.cross_entropy(head(features), targets[batch])
             optimizer.zero_grad(set_to_none=True)
@@ -93,7 +94,7 @@ def plain_loop(base, train, validation, epochs: int, seed: int, bucketed: bool) 
     correct = 0
     with torch.no_grad():
         for batch in length_batches(val_ids, 64):
-            input_ids, mask = collate([val_ids[i] for i in batch], pad, torch.device("cpu"))
+            input_ids, mask = collate([val_ids[i] for i in batch], pad, device)
             predicted = head(mean_pool(model(input_ids=input_ids, attention_mask=mask).last_hidden_state, mask)).argmax(-1)
             correct += sum(labels[p] == validation.targets[i] for p, i in zip(predicted.tolist(), batch))
     return {"seconds": round(seconds, 2), "examples_per_s": round(n * epochs / seconds, 1),
@@ -137,6 +138,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workloads", default="task,full", help="comma-separated: task, full")
+    parser.add_argument("--device", default="cpu", help="cpu (the README's figures), cuda, auto")
     args = parser.parse_args()
     train, validation = load_dataset(args.data / "train.jsonl"), load_dataset(args.data / "validation.jsonl")
     intents = sorted(train.labels)
@@ -147,7 +149,7 @@ def main() -> None:
                              "python": platform.python_version(), "torch": torch.__version__}}
     workdir = Path(tempfile.mkdtemp(prefix="adapterbank-speed-"))
     try:
-        bank = AdapterBank.create(workdir / "bank", device="cpu")
+        bank = AdapterBank.create(workdir / "bank", device=args.device)
         for name in [w.strip() for w in args.workloads.split(",") if w.strip()]:
             if name not in workloads:
                 parser.error(f"unknown workload {name!r}; choose from: {', '.join(workloads)}")

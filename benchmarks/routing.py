@@ -34,6 +34,7 @@ from adapterbank.routing.statistics import save_statistics  # noqa: E402
 from adapterbank.store.registry import INDEX_FILE  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "clinc150"
+DEVICE = "cpu"  # --device
 
 
 def score(predictions, gold, task_of):
@@ -55,7 +56,7 @@ def base_forward(bank, texts, batch_size=64):
         ids = tokenize(base.tokenizer, texts)
         for batch in length_batches(ids, batch_size):
             input_ids, mask = collate([ids[i] for i in batch], pad_id_of(base.tokenizer), bank.device)
-            mean_pool(base.model(input_ids=input_ids, attention_mask=mask).last_hidden_state, mask)
+            mean_pool(base.model(input_ids=input_ids, attention_mask=mask).last_hidden_state, mask).cpu()  # synced, as predict's answers are
 
 
 def joint_baseline(bank, train, test, labels):
@@ -84,7 +85,7 @@ def joint_baseline(bank, train, test, labels):
 def cold_open(bank_dir: Path, template: str, n_tasks: int, per_task: int = 10):
     """A bank of `n_tasks` synthetic tasks (copies of one real module, random router statistics):
     seconds from AdapterBank.open to the first routed prediction, and the top-k time per 64 texts."""
-    bank = AdapterBank.open(bank_dir, device="cpu")
+    bank = AdapterBank.open(bank_dir, device=DEVICE)
     source = bank.task(template)
     dim = bank.registry.manifest["router"]["feature_dim"]
     g = torch.Generator().manual_seed(0)
@@ -102,7 +103,7 @@ def cold_open(bank_dir: Path, template: str, n_tasks: int, per_task: int = 10):
             save_statistics(staging, {**stats, "means": means})
     bank.predict(["warm the saved index"])  # builds and saves the index once, as add-task does
     del bank
-    (_, first), seconds = timed(lambda: (b := AdapterBank.open(bank_dir, device="cpu"), b.predict(["what is my balance"])))
+    (_, first), seconds = timed(lambda: (b := AdapterBank.open(bank_dir, device=DEVICE), b.predict(["what is my balance"])))
     index = RouterIndex.load(bank_dir / INDEX_FILE)
     features = torch.randn(64, dim)
     index.route(features, top_k=3)
@@ -116,7 +117,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cold-tasks", type=int, default=None)
+    parser.add_argument("--device", default="cpu", help="cpu (the README's figures), cuda, auto")
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = args.device
     torch.manual_seed(args.seed)
     n_tasks, per_label, test_per_label, n_oos, cold_tasks = (6, 40, 15, 300, 200) if args.quick else (15, None, None, None, 1000)
     cold_tasks = args.cold_tasks or cold_tasks
@@ -135,7 +139,7 @@ def main() -> None:
                              "python": platform.python_version(), "torch": torch.__version__}}
     workdir = Path(tempfile.mkdtemp(prefix="adapterbank-routing-"))
     try:
-        bank = AdapterBank.create(workdir / "bank", device="cpu")
+        bank = AdapterBank.create(workdir / "bank", device=DEVICE)
         add_seconds = []
         for i, labels in enumerate(tasks):
             _, seconds = timed(lambda: bank.add_task(f"t{i:02d}", subset(train, labels, f"t{i}", per_label), progress=False))
