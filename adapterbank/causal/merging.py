@@ -132,7 +132,8 @@ def merge_into(model: "torch.nn.Module", modules: Sequence[dict[str, "torch.Tens
                 if any(d.shape != target.shape for d in deltas):
                     raise AdapterBankError(f"the module's update of {name!r} has shape {tuple(deltas[0].shape)}, "
                                            f"the base's weight {tuple(target.shape)} (a module for another base?)")
-                target.add_(combine(deltas, weight_tensor, **options).to(target.dtype))
+                # combined on the CPU (the same seeded drops on any device), added where the base lives
+                target.add_(combine(deltas, weight_tensor, **options).to(device=target.device, dtype=target.dtype))
     finally:
         torch.random.set_rng_state(generator_state)
     return len(names)
