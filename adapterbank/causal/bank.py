@@ -225,7 +225,7 @@ class CausalBank(AdapterBank, family="causal"):
                  method: str | None = None, ood_quantile: float | None = None, do_sample: bool = False,
                  temperature: float = _GENERATION.temperature, top_p: float = _GENERATION.top_p,
                  seed: int = _GENERATION.seed, batch_size: int = _GENERATION.batch_size, progress: bool = False,
-                 route_texts: Sequence[str] | None = None, base_only: bool = False):
+                 route_texts: Sequence[str] | None = None, base_only: bool = False, streamer: Any = None):
         """Continue each prompt with the module of the domain the router finds it closest to.
 
         Args:
@@ -240,6 +240,8 @@ class CausalBank(AdapterBank, family="causal"):
             route_texts: route on these texts instead of the prompts (one per prompt): a chat routes on
                 what the user wrote, not on the chat template around it.
             base_only: no module at all: every prompt is continued by the current base.
+            streamer: a transformers streamer (e.g. TextIteratorStreamer) that receives the text as it is
+                generated; one prompt only.
 
         Returns generation.Generation objects (text, task, probability, base version, candidates).
         """
@@ -276,6 +278,10 @@ class CausalBank(AdapterBank, family="causal"):
         chosen = [r.tasks[0] if r.in_scope and r.tasks else None for r in routes]
         versions_used = [records[c].record["base"]["version"] if c else current for c in chosen]
         options = {"max_new_tokens": max_new_tokens, "do_sample": do_sample}
+        if streamer is not None:
+            if len(prompts) != 1:
+                raise AdapterBankError(f"a streamer follows one prompt; {len(prompts)} were given")
+            options["streamer"] = streamer
         if do_sample:
             options.update(temperature=temperature, top_p=top_p)
             torch.manual_seed(seed)

@@ -35,6 +35,7 @@ from .limits import DEFAULT_MAX_BODY, DEFAULT_TOKEN_LIMIT
 from .schemas import AUTO, DEFAULT_MAX_TOKENS, ChatRequest, ClassifyRequest, CompletionRequest, TextsRequest
 
 BASE_MODEL = "base"  # besides the base's own id: the model name that uses no module
+STREAM_TIMEOUT = 600.0  # seconds a stream waits for its next piece
 
 
 @dataclass
@@ -164,12 +165,43 @@ def build_app(bank, config: ServeConfig | None = None) -> FastAPI:
         if upstream is not None:
             return await _forward(body, items, chat, target, max_tokens)
         key = ("generate", target, max_tokens, body.temperature, body.top_p, body.seed)
+        if body.stream and len(items) == 1:
+            return StreamingResponse(_stream(body.model, key, items[0], chat), media_type="text/event-stream")
         started = time.time()
         results = await batcher.submit(key, items)
         payload = _completion(body.model, results, chat, started)
         if not body.stream:
             return payload
         return StreamingResponse(_events(payload, chat), media_type="text/event-stream")
+
+    async def _stream(model: str, key: tuple, item: tuple, chat: bool) -> AsyncIterator[bytes]:
+        """One prompt's tokens as they are generated: the text in OpenAI chunks, then a last chunk with
+        the finish reason and which module answered, then [DONE]. A stream runs in a batch of its own."""
+        from transformers import TextIteratorStreamer
+
+        streamer = TextIteratorStreamer(bank.base.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=STREAM_TIMEOUT)
+        job = asyncio.ensure_future(batcher.submit(("stream", id(streamer), *key[1:]), [(*item, streamer)]))
+        job.add_done_callback(lambda done: streamer.end() if done.exception() is not None else None)
+        head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}",
+                "object": "chat.completion.chunk" if chat else "text_completion", "created": int(time.time()), "model": model}
+        pieces = iter(streamer)
+        first = True
+        while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
+            if piece:
+                delta = {"delta": {**({"role": "assistant"} if first else {}), "content": piece}} if chat else {"text": piece, "logprobs": None}
+                first = False
+                yield _sse({**head, "choices": [{"index": 0, **delta, "finish_reason": None}]})
+        try:
+            [result] = await job
+        except Exception as exc:  # the status line is sent: the error travels as an event
+            yield _sse({"error": {"message": " ".join(str(exc).split()), "type": "invalid_request_error"}})
+        else:
+            about = {"task": result.task, "probability": result.probability, "base_version": result.base_version,
+                     "candidates": [{"task": t, "probability": p} for t, p in result.candidates]}
+            end = {"delta": {}} if chat else {"text": "", "logprobs": None}
+            yield _sse({**head, "model": result.task or BASE_MODEL,
+                        "choices": [{"index": 0, **end, "finish_reason": "length", "adapterbank": about}]})
+        yield b"data: [DONE]\n\n"
 
     async def _forward(body, items: list, chat: bool, target: tuple, max_tokens: int):
         """Route here, generate upstream: one forwarded request per prompt, `model` set to its module."""
@@ -231,13 +263,15 @@ def _run(bank, key: tuple, items: list) -> list:
     if key[0] == "classify":
         _, top_labels, task = key
         return bank.predict(items, task=task, top_labels=top_labels)
-    _, (mode, task), max_tokens, temperature, top_p, seed = key
-    prompts = [prompt for prompt, _ in items]
-    route_texts = [route_text or prompt for prompt, route_text in items]
+    _, (mode, task), max_tokens, temperature, top_p, seed = (key[0], *key[-5:])
+    prompts = [item[0] for item in items]
+    route_texts = [item[1] or item[0] for item in items]
     options: dict[str, Any] = {"max_new_tokens": max_tokens, "do_sample": temperature > 0, "top_p": top_p,
                                "seed": seed or 0, "route_texts": route_texts}
     if temperature > 0:
         options["temperature"] = temperature
+    if key[0] == "stream":
+        options["streamer"] = items[0][2]
     return bank.generate(prompts, task=task, base_only=mode == "base", **options)
 
 
@@ -256,6 +290,10 @@ def _completion(model: str, results: list, chat: bool, started: float) -> dict:
             "usage": None}
 
 
+def _sse(payload: dict) -> bytes:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n".encode("utf-8")
+
+
 async def _events(payload: dict, chat: bool) -> AsyncIterator[bytes]:
     """The finished completion as server-sent events in OpenAI's chunk format: the text, then the finish."""
     for choice in payload["choices"]:
@@ -266,5 +304,5 @@ async def _events(payload: dict, chat: bool) -> AsyncIterator[bytes]:
             chunk = {"id": payload["id"], "object": "chat.completion.chunk" if chat else "text_completion",
                      "created": payload["created"], "model": payload["model"],
                      "choices": [{"index": choice["index"], **delta, "finish_reason": finish, "adapterbank": choice["adapterbank"]}]}
-            yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n".encode("utf-8")
+            yield _sse(chunk)
     yield b"data: [DONE]\n\n"

@@ -168,6 +168,10 @@ def test_stream_events_are_openai_chunks(causal_server):
     assert response.headers["content-type"].startswith("text/event-stream") and events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
     assert chunks[-1]["choices"][0]["finish_reason"] == "length" and chunks[0]["object"] == "text_completion"
+    assert chunks[-1]["choices"][0]["adapterbank"]["task"] == "alpha" and chunks[-1]["model"] == "alpha"
+    whole = causal_server.post("/v1/completions", {"model": "auto", "prompt": "abc fed", "max_tokens": 3, "temperature": 0},
+                               headers={"Authorization": "Bearer s3cret-key"}).json()["choices"][0]["text"]
+    assert "".join(c["choices"][0]["text"] for c in chunks) == whole  # tokens as generated add up to the answer
 
 
 def test_import_a_plain_peft_lora_and_serve_it(causal_template, tmp_path, tiny_llama):
