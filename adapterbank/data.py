@@ -169,6 +169,38 @@ def dataset_from_pairs(texts: list[str], labels: list[str], source: str = "<memo
     return Dataset([r[0] for r in rows], [r[1] for r in rows], source=source)
 
 
+def read_json(path: str | Path) -> object:
+    """A whole .json file, size-capped and decoded with errors naming the file and line."""
+    path = Path(path)
+    try:
+        return json.loads(_decode(path))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+
+
+def read_objects(path: str | Path) -> list[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSON Lines file whose lines must be JSON objects;
+    the reader of formats whose fields vary by line (instruction data: prompt/response or messages)."""
+    path = Path(path)
+    if path.suffix.lower() != ".jsonl":
+        raise DataError(f"{path}: unsupported file type {path.suffix.lower() or '(none)'!r}; use .jsonl")
+    rows = []
+    for number, line in enumerate(_lines(_decode(path)), start=1):
+        _check_line_size(path, number, line)
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{number}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{path}:{number}: expected a JSON object, got {_json_type(record)}")
+        rows.append((number, record))
+    if not rows:
+        raise DataError(f"{path}: no examples (the file is empty)")
+    return rows
+
+
 def _read_jsonl(path: Path, content: str, require_label: bool) -> list[tuple[str, str | None]]:
     rows = []
     for number, line in enumerate(_lines(content), start=1):

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from adapterbank import AdapterBank, CLMConfig, ClassificationConfig, TaskInfo
+from adapterbank import AdapterBank, CLMConfig, ClassificationConfig, SFTConfig, TaskInfo
 
 
 def added_classification(info: TaskInfo) -> str:
@@ -28,7 +28,17 @@ def added_clm(info: TaskInfo) -> str:
             f"({metrics['held_out_tokens']:,} tokens, {metrics['held_out_source']})")
 
 
-ADDED = {ClassificationConfig.objective: added_classification, CLMConfig.objective: added_clm}
+def added_sft(info: TaskInfo) -> str:
+    metrics = info.record["metrics"]
+    return (f"added task {info.name}: sft {info.kind} on base {info.record['base']['version']}, "
+            f"{info.record['data']['train_examples']:,} examples, {metrics['train_tokens']:,} tokens at "
+            f"{metrics['train_tokens_per_s']:.0f} tokens/s, {metrics['add_task_seconds']:.1f} s, {info.size_bytes / 1024:.0f} KiB\n"
+            f"held-out response loss: {metrics['response_loss_before']:.3f} -> {metrics['response_loss_after']:.3f} "
+            f"({metrics['held_out_examples']} examples, {metrics['held_out_source']})")
+
+
+ADDED = {ClassificationConfig.objective: added_classification, CLMConfig.objective: added_clm,
+         SFTConfig.objective: added_sft}
 
 
 def _list_classifier(bank: AdapterBank, tasks: list[TaskInfo]) -> None:
@@ -48,8 +58,12 @@ def _list_causal(bank: AdapterBank, tasks: list[TaskInfo]) -> None:
         if task.record.get("id") in merged:
             flag = f"  (merged into {merged[task.record['id']]}: the current base {current} contains it)"
         metrics = task.record.get("metrics", {})
-        detail = (f"perplexity {metrics['perplexity_before']:.2f} -> {metrics['perplexity_after']:.2f}"
-                  if "perplexity_before" in metrics else f"from {task.record.get('imported', {}).get('from', '?')}")
+        if "perplexity_before" in metrics:
+            detail = f"perplexity {metrics['perplexity_before']:.2f} -> {metrics['perplexity_after']:.2f}"
+        elif "response_loss_before" in metrics:
+            detail = f"response loss {metrics['response_loss_before']:.3f} -> {metrics['response_loss_after']:.3f}"
+        else:
+            detail = f"from {task.record.get('imported', {}).get('from', '?')}"
         typer.echo(f"  {task.name:<20} {task.objective:<8} base {trained_on:<4} {detail}  {row['size_bytes'] / 1024:>6.0f} KiB{flag}")
 
 

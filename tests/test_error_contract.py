@@ -327,10 +327,10 @@ def test_add_task_says_when_a_clm_module_learned_nothing_or_its_domain_is_out_of
         info = lm.add_task("alpha", domain_texts("alpha", 40, seed=0), block_size=32, max_steps=1, lr=1e-9, progress=False)
     assert 0 <= info.record["metrics"]["held_out_in_scope"] <= 1
     with pytest.warns(AdapterBankWarning, match="none of its own held-out text is in scope"):
-        warn_if_unhelpful("tiny", 10.0, 5.0, 3, reach=0.0, quantile=0.01, blocks=2)
+        warn_if_unhelpful("tiny", 10.0, 5.0, 3, reach=0.0, quantile=0.01, size="2 training block(s)")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        warn_if_unhelpful("fine", 10.0, 5.0, 3, reach=0.9, quantile=0.01, blocks=200)
+        warn_if_unhelpful("fine", 10.0, 5.0, 3, reach=0.9, quantile=0.01, size="200 training block(s)")
 
 
 def test_a_base_stored_in_half_precision_trains_and_answers(tmp_path, tiny_base):

@@ -23,7 +23,7 @@ from ..core.models import DEFAULT_BASE, Base
 from ..errors import AdapterBankError, BaseMismatchError, DataError
 from ..store import versions
 from ..store.registry import Registry
-from .config import CLMConfig, GenerationSettings
+from .config import CLMConfig, GenerationSettings, SFTConfig
 
 _GENERATION = GenerationSettings()  # the defaults, declared once in config.py
 
@@ -48,7 +48,7 @@ class CausalBank(AdapterBank, family="causal"):
 
     title: ClassVar[str] = "causal-LM bank"
     create_hint: ClassVar[str] = "`adapterbank init BANK --base smollm2-135m`"
-    objectives: ClassVar[dict[str, type]] = {"clm": CLMConfig}
+    objectives: ClassVar[dict[str, type]] = {"clm": CLMConfig, "sft": SFTConfig}
 
     def __init__(self, registry: Registry, device: str = "auto"):
         super().__init__(registry, device)
@@ -137,67 +137,42 @@ class CausalBank(AdapterBank, family="causal"):
         versions.set_current(self.registry, version)
 
     # -- training -------------------------------------------------------------------------------
-    def add_task(self, name: str, train, eval=None, *, config: CLMConfig | None = None,  # noqa: A002 - the CLI's --eval
+    def add_task(self, name: str, train, eval=None, *, config: CLMConfig | SFTConfig | None = None,  # noqa: A002 - the CLI's --eval
                  progress: bool = True, **settings: Any) -> TaskInfo:
-        """Train a domain module on unlabelled text (next-token prediction) and store it, pinned to the
-        current base version; held-out perplexity before and after is stored in its metrics.
+        """Train a module and store it, pinned to the current base version; the held-out measure before
+        and after training is stored in its metrics.
 
         Args:
             name: the task's name (letters, digits, `_ . -`, at most 64).
-            train: a .jsonl/.csv file with a `text` field, a .txt file (one text per line), or a list of strings.
-            eval: held-out text in the same forms; default: 5 % of the training blocks (at most 32), kept out.
-            config: a CLMConfig; or give its fields as keywords (`block_size=`, `max_steps=`, `epochs=`,
-                `lr=`, `batch_size=`, `seed=`) with the kind's hyper-parameters (`rank=`).
+            train: `objective="clm"` (the default): unlabelled text, a .jsonl/.csv file with a `text` field,
+                a .txt file (one text per line) or a list of strings. `objective="sft"`: instructions, a
+                .jsonl file (or a list of objects) with `prompt`/`response` or OpenAI chat `messages` per line.
+            eval: held-out data in the same forms; default: 5 % of the training data (at most 32 blocks or
+                examples), kept out.
+            config: a CLMConfig or SFTConfig; or give its fields as keywords (`objective=`, `kind=`, `epochs=`,
+                `max_steps=`, `lr=`, `batch_size=`, `seed=`, clm's `block_size=`) with the kind's
+                hyper-parameters (`rank=`, `virtual_tokens=`).
             progress: show a progress bar over the training steps.
         """
-        from ..data import as_corpus, fingerprint_records
+        from ..kinds import save_module
+        from ..routing.statistics import save_statistics
+        from .fitting import FITTERS
 
         self.registry.ensure_new_name(name)
         config = self._config(config, settings)
-        texts, source = as_corpus(train)
-        eval_texts, eval_source = as_corpus(eval) if eval is not None else (None, None)
-        from ..core.encoding import pad_id_of  # heavy (torch, PEFT): only once the input is valid
-        from ..kinds import save_module
-        from ..routing.index import in_scope_share
-        from ..routing.statistics import class_statistics, save_statistics
-        from .training import (ROUTER_SAMPLE_BLOCKS, make_blocks, perplexity, router_texts, split_held_out, train_clm,
-                               warn_if_unhelpful)
-
-        version = self.current_base_version
-        base = self.base_at(version)
-        blocks = make_blocks(base.tokenizer, texts, config.block_size, source)
-        if eval_texts is not None:
-            held_out = make_blocks(base.tokenizer, eval_texts, config.block_size, eval_source)
-        else:
-            blocks, held_out = split_held_out(blocks, config.seed)
         started = time.perf_counter()
-        features = self._router_features(router_texts(base.tokenizer, blocks, ROUTER_SAMPLE_BLOCKS, config.seed), {})
-        stats = class_statistics(features, [0] * len(features), 1)
-        faults.point("lower-pass")
-        pad = pad_id_of(base.tokenizer)
-        before = perplexity(base.model, held_out, pad)
-        trained = train_clm(base.model, blocks, pad, config, progress=progress, description=f"add-task {name}")
-        after = perplexity(trained.peft_model, held_out, pad)
-        faults.point("trained")
-        quantile = self.registry.manifest["router"]["ood_quantile"]
-        reach = in_scope_share(stats, self._router_features(router_texts(base.tokenizer, held_out, ROUTER_SAMPLE_BLOCKS,
-                                                                          config.seed + 1), {}), quantile)
-        warn_if_unhelpful(name, before, after, trained.metrics["train_steps"], reach, quantile, len(blocks))
+        version = self.current_base_version
+        fitted = FITTERS[config.objective](self, name, train, eval, config, progress)
         record = {
             "objective": config.objective, "kind": config.kind, "labels": [], "adapterbank_version": __version__,
-            "base": {"id": self.base_id, "version": version, "fingerprint": base.fingerprint},
-            "config": dataclasses.asdict(config), "hyperparameters": trained.hyperparameters,
-            "metrics": {**trained.metrics, "perplexity_before": round(before, 4), "perplexity_after": round(after, 4),
-                        "held_out_blocks": len(held_out), "held_out_tokens": sum(len(b) - 1 for b in held_out),
-                        "held_out_in_scope": round(reach, 4),
-                        "held_out_source": eval_source or "5% of the training blocks"},
-            "data": {"train_fingerprint": fingerprint_records(texts), "train_texts": len(texts),
-                     "train_blocks": len(blocks), "train_source": source},
+            "base": {"id": self.base_id, "version": version, "fingerprint": self.base_at(version).fingerprint},
+            "config": dataclasses.asdict(config), "hyperparameters": fitted.trained.hyperparameters,
+            "metrics": {**fitted.trained.metrics, **fitted.metrics}, "data": fitted.data,
         }
         with self.registry.stage_task(name, record) as staging:
-            save_module(trained.peft_model, staging)
+            save_module(fitted.trained.peft_model, staging)
             faults.point("saved-module")
-            save_statistics(staging, stats)
+            save_statistics(staging, fitted.stats)
             faults.point("saved-router")
             record["metrics"]["add_task_seconds"] = round(time.perf_counter() - started, 3)
         self._save_index()  # for the next open; the task is in even if this fails
@@ -225,30 +200,34 @@ class CausalBank(AdapterBank, family="causal"):
                  method: str | None = None, ood_quantile: float | None = None, do_sample: bool = False,
                  temperature: float = _GENERATION.temperature, top_p: float = _GENERATION.top_p,
                  seed: int = _GENERATION.seed, batch_size: int = _GENERATION.batch_size, progress: bool = False,
-                 route_texts: Sequence[str] | None = None, base_only: bool = False, streamer: Any = None):
-        """Continue each prompt with the module of the domain the router finds it closest to.
+                 route_texts: Sequence[str] | None = None, base_only: bool = False, streamer: Any = None,
+                 stream: bool = False, rendered: bool | Sequence[bool] = False):
+        """Answer each prompt with the module of the task the router finds it closest to.
+
+        A prompt routed to an instruction (`sft`) module is put in the chat layout that module was trained
+        on (one user turn); a domain (`clm`) module and the base continue the prompt as written.
 
         Args:
             prompts: the prompts (a single string is one prompt).
             max_new_tokens: tokens to generate per prompt.
             task: skip routing, every prompt uses this task's module.
             method, ood_quantile: router method and out-of-scope threshold (default from bank.json); a
-                prompt no domain matches is continued by the current base alone.
+                prompt no task matches is continued by the current base alone.
             do_sample, temperature, top_p, seed: sampling instead of greedy decoding.
             batch_size: prompts per generation batch (rows of one batch may use different modules).
             progress: show a progress bar over the batches.
-            route_texts: route on these texts instead of the prompts (one per prompt): a chat routes on
-                what the user wrote, not on the chat template around it.
+            route_texts: route on these texts instead of the prompts (one per prompt).
             base_only: no module at all: every prompt is continued by the current base.
-            streamer: a transformers streamer (e.g. TextIteratorStreamer) that receives the text as it is
-                generated; one prompt only.
+            streamer: a transformers streamer (e.g. TextIteratorStreamer) for one prompt.
+            stream: return an iterator of generation.Piece (prompt index, text) as the text is generated,
+                for any number of prompts, instead of the finished list.
+            rendered: the prompts are already in the chat layout (what `chat` passes); one flag, or one per prompt.
 
-        Returns generation.Generation objects (text, task, probability, base version, candidates).
+        Returns generation.Generation objects (text, task, probability, base version, candidates), or with
+        `stream=True` an iterator of Piece.
         """
-        import torch
-
         from ..routing.index import Route
-        from .generation import VersionGenerator
+        from .chat import render_prompt, single_turn
 
         if isinstance(prompts, str):
             prompts = [prompts]
@@ -260,55 +239,79 @@ class CausalBank(AdapterBank, family="causal"):
         method, quantile = self._router_settings(method, ood_quantile)
         records = self._records()
         self._require_task(task, records)
-        if not prompts:
-            return []
         if route_texts is not None:
             route_texts = as_texts(route_texts)
             if len(route_texts) != len(prompts):
                 raise DataError(f"route_texts: {len(route_texts)} texts for {len(prompts)} prompts")
+        flags = [rendered] * len(prompts) if isinstance(rendered, bool) else list(rendered)
+        if len(flags) != len(prompts):
+            raise DataError(f"rendered: {len(flags)} flags for {len(prompts)} prompts")
         if task is not None and base_only:
             raise AdapterBankError("give task= or base_only=True, not both")
+        if streamer is not None and len(prompts) != 1:
+            raise AdapterBankError(f"a streamer follows one prompt; {len(prompts)} were given")
+        if not prompts:
+            return iter(()) if stream else []
         if task is not None:
             routes = [Route([task], [1.0]) for _ in prompts]
         elif base_only:
             routes = [Route([], [], in_scope=False) for _ in prompts]
         else:
             routes = self._route(records, route_texts or prompts, method, quantile)
-        current = self.current_base_version
         chosen = [r.tasks[0] if r.in_scope and r.tasks else None for r in routes]
-        versions_used = [records[c].record["base"]["version"] if c else current for c in chosen]
-        options = {"max_new_tokens": max_new_tokens, "do_sample": do_sample}
-        if streamer is not None:
-            if len(prompts) != 1:
-                raise AdapterBankError(f"a streamer follows one prompt; {len(prompts)} were given")
-            options["streamer"] = streamer
-        if do_sample:
-            options.update(temperature=temperature, top_p=top_p)
+        tokenizer = self.base.tokenizer
+        texts = [render_prompt(tokenizer, single_turn(p)) if c and not flag and self._chat_layout(records[c]) else p
+                 for p, c, flag in zip(prompts, chosen, flags)]
+        versions_used = [records[c].record["base"]["version"] if c else self.current_base_version for c in chosen]
+        options = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, **({"streamer": streamer} if streamer else {}),
+                   **({"temperature": temperature, "top_p": top_p} if do_sample else {})}
+        run = lambda on_text=None: self._generate_rows(texts, chosen, versions_used, records, options,  # noqa: E731
+                                                       seed if do_sample else None, batch_size, progress, on_text)
+        if stream:
+            from .generation import stream_pieces
+
+            return stream_pieces(run, chosen)
+        return [Generation(text, c, round(r.probabilities[0], 6) if c else 0.0, v, list(zip(r.tasks, r.probabilities)))
+                for text, c, r, v in zip(run(), chosen, routes, versions_used)]
+
+    def _chat_layout(self, info: TaskInfo) -> bool:
+        """Whether the task's module was trained on prompts in the chat layout (its objective says)."""
+        config = self.objectives.get(info.objective or "")
+        return bool(getattr(config, "chat_layout", False))
+
+    def _generate_rows(self, texts: list[str], chosen: list, versions_used: list[str], records: dict, options: dict,
+                       seed: int | None, batch_size: int, progress: bool, on_text=None) -> list[str]:
+        """Generate every row, one batched pass per base version (modules are pinned to theirs)."""
+        import torch
+
+        from .generation import VersionGenerator
+
+        if seed is not None:
             torch.manual_seed(seed)
-        texts: list[str | None] = [None] * len(prompts)
+        out: list[str] = [""] * len(texts)
+        modules_at = {n: (info.path, info.kind) for n, info in records.items()}
         for version in dict.fromkeys(versions_used):
             rows = [i for i, v in enumerate(versions_used) if v == version]
             if version not in self._generators:
                 base = self.base_at(version)
                 self._generators[version] = VersionGenerator(base.model, base.tokenizer)
-            out = self._generators[version].generate(
-                [prompts[i] for i in rows], [chosen[i] for i in rows], {n: info.path for n, info in records.items()},
-                batch_size, options, check=lambda n: self._check_task(n, records[n]), progress=progress)
-            for i, text in zip(rows, out):
-                texts[i] = text
-        return [Generation(text, c, round(r.probabilities[0], 6) if c else 0.0, v, list(zip(r.tasks, r.probabilities)))
-                for text, c, r, v in zip(texts, chosen, routes, versions_used)]
+            row_text = (lambda r, piece, rows=rows: on_text(rows[r], piece)) if on_text is not None else None
+            generated = self._generators[version].generate(
+                [texts[i] for i in rows], [chosen[i] for i in rows], modules_at, batch_size, options,
+                check=lambda n: self._check_task(n, records[n]), progress=progress, on_text=row_text)
+            for i, text in zip(rows, generated):
+                out[i] = text
+        return out
 
-    def chat(self, conversations: Sequence[Sequence[dict]], **options: Any) -> list:
+    def chat(self, conversations: Sequence[Sequence[dict]], **options: Any):
         """Answer each conversation (OpenAI chat messages: `{"role": "system"|"user"|"assistant", "content"}`)
-        with the module of the domain its user turns are closest to. The base tokenizer's chat template
-        is applied when it has one, else plain `role: content` lines. `options`: as for `generate`."""
-        from .generation import chat_prompt
+        with the module of the task its user turns are closest to. The base tokenizer's chat template is
+        applied when it has one, else plain `role: content` lines. `options`: as for `generate`."""
+        from .chat import chat_prompt
 
-        base = self.base
-        prompts, users = zip(*(chat_prompt(base.tokenizer, messages, i + 1) for i, messages in enumerate(conversations))) \
-            if conversations else ((), ())
-        return self.generate(list(prompts), route_texts=list(users), **options)
+        tokenizer = self.base.tokenizer
+        pairs = [chat_prompt(tokenizer, messages, i + 1) for i, messages in enumerate(conversations)]
+        return self.generate([p for p, _ in pairs], route_texts=[u for _, u in pairs], rendered=True, **options)
 
     # -- merging and export ---------------------------------------------------------------------
     def merge(self, tasks: Sequence[str], method: str = "linear", weights: Sequence[float] | None = None,

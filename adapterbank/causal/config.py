@@ -1,4 +1,5 @@
-"""How a causal-LM domain module is trained (`--objective clm`): one dataclass, each default defined here once."""
+"""How causal-LM modules are trained (`--objective clm`: domain text; `--objective sft`: instructions and
+chats) and how generation decodes: one dataclass each, each default defined here once."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ from ..kinds import DEFAULT_KIND, get_kind, resolve_params
 from ..settings import MAX_BATCH, MAX_EPOCHS, MAX_LR, MAX_STEPS, MAX_TOKENS, check, seed_setting, setting
 
 CLM_LR = 2e-3  # peak learning rate of domain modules (measured on the continual pre-training benchmark)
+SFT_LR_SCALE = 1 / 3  # sft: a third of the kind's classification rate (responses are whole token sequences, not one label)
 
 
 @dataclasses.dataclass
 class CLMConfig:
     objective: ClassVar[str] = "clm"
+    chat_layout: ClassVar[bool] = False  # its modules continue prompts as written
 
     kind: str = setting(DEFAULT_KIND, "Module kind.")
     params: Any = None  # the kind's hyper-parameters (its Params dataclass); None: the kind's defaults
@@ -35,6 +38,42 @@ class CLMConfig:
 
     def resolved_lr(self) -> float:
         return self.lr if self.lr is not None else CLM_LR
+
+
+@dataclasses.dataclass
+class SFTConfig:
+    """Instruction tuning: loss on the response tokens only, length-bucketed batches (no padding waste)."""
+
+    objective: ClassVar[str] = "sft"
+    chat_layout: ClassVar[bool] = True  # its modules are served prompts in the chat layout they were trained on
+    MIN_STEPS: ClassVar[int] = 120  # default epochs give about this many optimizer steps (2 to 10 epochs)
+
+    kind: str = setting(DEFAULT_KIND, "Module kind.")
+    params: Any = None  # the kind's hyper-parameters (its Params dataclass); None: the kind's defaults
+    epochs: int | None = setting(None, "Passes over the examples; default: enough for about 120 steps (2 to 10).", above=0,
+                                 maximum=MAX_EPOCHS, integer=True)
+    max_steps: int | None = setting(None, "Train exactly this many optimizer steps (overrides epochs).", above=0,
+                                    maximum=MAX_STEPS, integer=True)
+    lr: float | None = setting(None, "Peak learning rate (one-cycle schedule); default: a third of the kind's.", above=0,
+                               maximum=MAX_LR)
+    batch_size: int = setting(8, "Examples per training batch.", above=0, maximum=MAX_BATCH, integer=True)
+    seed: int = seed_setting()
+
+    def __post_init__(self) -> None:
+        self.params = resolve_params(get_kind(self.kind, "causal"), self.params)
+        check(self)
+
+    def resolved_epochs(self, n_examples: int) -> int:
+        if self.epochs is not None:
+            return self.epochs
+        steps_per_epoch = -(-n_examples // self.batch_size)
+        return max(2, min(10, -(-self.MIN_STEPS // steps_per_epoch)))
+
+    def total_steps(self, n_examples: int) -> int:
+        return self.max_steps or self.resolved_epochs(n_examples) * -(-n_examples // self.batch_size)
+
+    def resolved_lr(self) -> float:
+        return self.lr if self.lr is not None else get_kind(self.kind).default_lr * SFT_LR_SCALE
 
 
 @dataclasses.dataclass

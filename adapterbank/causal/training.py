@@ -58,9 +58,14 @@ def split_held_out(blocks: list[list[int]], seed: int) -> tuple[list[list[int]],
     return [b for i, b in enumerate(blocks) if i not in held], [b for i, b in enumerate(blocks) if i in held]
 
 
-def _summed_nll(model, input_ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Sum of next-token negative log-likelihoods over real tokens, and how many there were."""
-    logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1]
+def _summed_nll(model, input_ids: torch.Tensor, mask: torch.Tensor, kind=None) -> tuple[torch.Tensor, int]:
+    """Sum of next-token negative log-likelihoods over real tokens, and how many there were (`kind`: the
+    module kind of a PEFT model, whose soft prompt, if any, goes before the tokens)."""
+    from .rows import row_inputs, runner_of
+
+    runner, prompt_of = runner_of(model, kind)
+    length = input_ids.shape[1]
+    logits = runner(**row_inputs(runner, input_ids, mask, prompt_of(len(input_ids)))).logits[:, -length:-1]
     targets = input_ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
     nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
                                             ignore_index=-100, reduction="sum")
@@ -68,14 +73,14 @@ def _summed_nll(model, input_ids: torch.Tensor, mask: torch.Tensor) -> tuple[tor
 
 
 @torch.no_grad()
-def perplexity(model, blocks: Sequence[Sequence[int]], pad_id: int, batch_size: int = 8) -> float:
+def perplexity(model, blocks: Sequence[Sequence[int]], pad_id: int, batch_size: int = 8, kind=None) -> float:
     """exp(mean next-token negative log-likelihood) over every predicted token of `blocks`."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     for start in range(0, len(blocks), batch_size):
-        nll, n = _summed_nll(model, *collate(blocks[start : start + batch_size], pad_id, device))
+        nll, n = _summed_nll(model, *collate(blocks[start : start + batch_size], pad_id, device), kind)
         total, count = total + float(nll), count + n
     model.train(was_training)
     return math.exp(total / max(count, 1))
@@ -112,7 +117,7 @@ def train_clm(base_model, blocks: list[list[int]], pad_id: int, config: CLMConfi
 
     def step_loss(batch):
         input_ids, mask = collate(batch, pad_id, device)
-        nll, count = _summed_nll(peft_model, input_ids, mask)
+        nll, count = _summed_nll(peft_model, input_ids, mask, kind)
         return nll / max(count, 1), int(mask.sum()), {}
 
     groups = [{"params": [p for p in peft_model.parameters() if p.requires_grad], "lr": config.resolved_lr(),
@@ -153,7 +158,8 @@ def router_texts(tokenizer, blocks: Sequence[Sequence[int]], limit: int, seed: i
 UNMOVED_PERPLEXITY = 1e-3  # relative change in held-out perplexity below which training is reported as having done nothing
 
 
-def warn_if_unhelpful(name: str, before: float, after: float, steps: int, reach: float, quantile: float, blocks: int) -> None:
+def warn_if_unhelpful(name: str, before: float, after: float, steps: int, reach: float, quantile: float, size: str,
+                      measure: str = "held-out perplexity") -> None:
     """Say at add-task time what would otherwise surprise later: a module that did not learn, or a domain
     whose own held-out text the router would send to the base."""
     import warnings
@@ -161,10 +167,10 @@ def warn_if_unhelpful(name: str, before: float, after: float, steps: int, reach:
     from ..errors import AdapterBankWarning
 
     if abs(before - after) <= UNMOVED_PERPLEXITY * before:
-        warnings.warn(f"task {name!r}: {steps} training step(s) did not move held-out perplexity ({before:.3f} -> "
+        warnings.warn(f"task {name!r}: {steps} training step(s) did not move {measure} ({before:.3f} -> "
                       f"{after:.3f}); train longer (--max-steps, --epochs) or with a higher --lr", AdapterBankWarning, stacklevel=4)
     if reach == 0:
         warnings.warn(f"task {name!r}: none of its own held-out text is in scope at the bank's out-of-scope threshold "
-                      f"(ood_quantile {quantile}): with {blocks} training block(s) the domain is too small for the router "
-                      "to recognise prompts, which would go to the base; add more text, or generate with "
+                      f"(ood_quantile {quantile}): with {size} the task is too small for the router "
+                      "to recognise prompts, which would go to the base; add more data, or generate with "
                       "--ood-quantile 0 (or --task)", AdapterBankWarning, stacklevel=4)

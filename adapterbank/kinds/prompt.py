@@ -25,7 +25,7 @@ class PromptTuning(Kind):
     peft_type = "PROMPT_TUNING"
     Params = PromptParams
     default_lr = 3e-2
-    families = ("classifier",)
+    families = ("classifier", "causal")
     batching = "prefix"
     merges_into_weights = False
 

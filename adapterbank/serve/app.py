@@ -142,7 +142,7 @@ def build_app(bank, config: ServeConfig | None = None) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest):
-        from ..causal.generation import chat_prompt
+        from ..causal.chat import chat_prompt
 
         _require_causal()
         messages = [m.model_dump() for m in body.messages]
@@ -267,7 +267,8 @@ def _run(bank, key: tuple, items: list) -> list:
     prompts = [item[0] for item in items]
     route_texts = [item[1] or item[0] for item in items]
     options: dict[str, Any] = {"max_new_tokens": max_tokens, "do_sample": temperature > 0, "top_p": top_p,
-                               "seed": seed or 0, "route_texts": route_texts}
+                               "seed": seed or 0, "route_texts": route_texts,
+                               "rendered": [item[1] is not None for item in items]}  # chat items are already in the chat layout
     if temperature > 0:
         options["temperature"] = temperature
     if key[0] == "stream":

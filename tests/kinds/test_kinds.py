@@ -24,8 +24,8 @@ def test_every_kind_declares_what_the_banks_ask_of_it():
 def test_unknown_kinds_and_kinds_of_another_family_are_refused():
     with pytest.raises(AdapterBankError, match=f"unknown module kind 'adapterfusion'; choose one of: {', '.join(KINDS)}"):
         get_kind("adapterfusion")
-    with pytest.raises(AdapterBankError, match="--kind prompt is not available on causal banks"):
-        get_kind("prompt", "causal")
+    with pytest.raises(AdapterBankError, match="--kind ia3 is not available on causal banks"):
+        get_kind("ia3", "causal")
 
 
 @pytest.mark.parametrize("rank, message", [(0, "rank must be positive"), (float("nan"), "rank must be an integer"),
