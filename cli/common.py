@@ -10,7 +10,7 @@ import typer
 from adapterbank import AdapterBank
 from adapterbank.causal.merging import MERGE_METHODS
 from adapterbank.classify.bank import COMPOSITIONS
-from adapterbank.evaluation.scenarios import SCENARIOS
+from adapterbank.evaluation.protocols import PROTOCOLS
 from adapterbank.kinds import DEFAULT_KIND, KINDS
 from adapterbank.routing.methods import METHODS
 
@@ -31,7 +31,7 @@ Objective = choices("Objective", OBJECTIVES)
 MergeMethod = choices("MergeMethod", MERGE_METHODS)
 RouterMethod = choices("RouterMethod", METHODS)
 Composition = choices("Composition", COMPOSITIONS)
-Scenario = choices("Scenario", SCENARIOS)
+Scenario = choices("Scenario", PROTOCOLS)
 
 BankArg = typer.Argument(..., help="Bank directory.", show_default=False)
 DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:N.")

@@ -19,7 +19,7 @@ from adapterbank.causal.merging import MERGE_METHODS, MergeParams
 from adapterbank.classify.bank import DEFAULT_BATCH_SIZE, DEFAULT_TOP_K
 from adapterbank.core.models import DEFAULT_BASE, DEFAULT_CAUSAL_BASE
 from adapterbank.data import load_texts
-from adapterbank.evaluation.baselines import BASELINES
+from adapterbank.evaluation.protocols import PROTOCOLS
 from adapterbank.kinds import DEFAULT_KIND, KINDS
 from adapterbank.routing.methods import METHODS
 
@@ -50,9 +50,9 @@ def init(
 def add_task(
     bank: Path = BankArg,
     name: str = typer.Argument(..., help="Task name: letters, digits, '_', '-', '.' (max 64)."),
-    train: Path = typer.Option(..., "--train", help="Training data: .jsonl ({\"text\", \"label\"} per line) or .csv (text,label columns); for --objective clm, {\"text\"} per line (or .txt)."),
+    train: Path = typer.Option(..., "--train", help="Training data: .jsonl ({\"text\", \"label\"} per line) or .csv (text,label columns); for --objective clm, {\"text\"} per line (or .txt); for --objective sft, .jsonl with {\"prompt\", \"response\"} or {\"messages\": [...]} (OpenAI chat; the last assistant turn is learned) per line."),
     eval_path: Optional[Path] = typer.Option(None, "--eval", help="Validation data (same format): accuracy, or for clm the held-out perplexity (default: 5% of the training blocks)."),
-    objective: Optional[Objective] = typer.Option(None, "--objective", help="classification (labelled texts, classification banks) or clm (unlabelled domain text, causal-LM banks).", show_default="the bank's own"),
+    objective: Optional[Objective] = typer.Option(None, "--objective", help="classification (labelled texts, classification banks); clm (unlabelled domain text) or sft (instructions and chats, loss on the responses), causal-LM banks.", show_default="the bank's own"),
     kind: Kind = KindOpt,
     device: str = DeviceOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -161,32 +161,31 @@ def predict(
 def evaluate(
     data_dir: Path = typer.Argument(..., help="train.jsonl + test.jsonl (labels dealt into tasks), or one sub-folder per task/domain with its own files.", show_default=False),
     out: Path = typer.Option(..., "--out", help="Output directory: results.json, report.md, accuracy_matrix.png and the bank (must not hold a bank yet)."),
-    scenario: Scenario = typer.Option("class", "--scenario", help="class: new labels, no task id at test time; task: the task id is given; domain: same labels, new domains (sub-folders)."),
+    scenario: Scenario = typer.Option("class", "--scenario", help="class: new labels, no task id at test time; task: the task id is given; domain: same labels, new domains (sub-folders); instruction: sft task folders (train.jsonl/test.jsonl with prompt/response or messages, optional eval.json {\"metric\": \"exact_match\"|\"rouge_l\"}) on a causal-LM bank, answers generated and scored."),
     n_tasks: Optional[int] = typer.Option(None, "--tasks", help="Flat data: deal the labels into this many tasks (seeded shuffle).", show_default="5"),
     task_map: Optional[Path] = typer.Option(None, "--task-map", help='Flat data: JSON {"task": ["label", ...]} fixing tasks and their order (e.g. CLINC150 domains.json).'),
     order: Optional[str] = typer.Option(None, "--order", help="Sub-folders: comma-separated task order.", show_default="alphabetical"),
     kind: Kind = typer.Option(DEFAULT_KIND, "--kind", help=f"Module kind of every task and of the trained baselines: {listing(KINDS)}."),
     seed: int = typer.Option(0, "--seed", help="Seed for the task split and training (same seed, same numbers)."),
-    baselines: str = typer.Option(",".join(BASELINES), "--baselines", help=f"Comma-separated baselines to run beside the bank ('' for none): {listing(BASELINES)}."),
+    baselines: Optional[str] = typer.Option(None, "--baselines", help="Comma-separated baselines to run beside the bank ('' for none). " + " ".join(f"{scenario}: {listing(protocol.baselines)}." for scenario, protocol in {"class/task/domain": PROTOCOLS['class'], "instruction": PROTOCOLS['instruction']}.items()), show_default="all of the scenario's"),
     max_train_per_class: Optional[int] = typer.Option(None, "--max-train-per-class", help="Cap training texts per label (seeded draw)."),
-    base: str = typer.Option("minilm", "--base", help="Base model for the fresh bank."),
+    base: Optional[str] = typer.Option(None, "--base", help="Base model for the fresh bank.", show_default=f"minilm; instruction: {PROTOCOLS['instruction'].default_base}"),
     device: str = DeviceOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Continual-learning evaluation: add the tasks one by one to a fresh bank, measure after each
     (accuracy matrix, AA, BWT, FWT, forgetting, routing, oracle) and compare with baselines."""
-    from adapterbank.evaluation import protocol, report
-    from adapterbank.evaluation.scenarios import load_scenario
+    from adapterbank.evaluation import report
 
-    chosen = [b.strip() for b in baselines.split(",") if b.strip()]
+    protocol = PROTOCOLS[scenario.value]
+    chosen = [b.strip() for b in baselines.split(",") if b.strip()] if baselines is not None else list(protocol.baselines)
     for name in chosen:
-        if name not in BASELINES:
-            fail(f"--baselines: unknown baseline {name!r}; choose from: {', '.join(BASELINES)}")
-    tasks = load_scenario(data_dir, scenario.value, n_tasks=n_tasks, task_map=task_map,
-                          order=[o.strip() for o in order.split(",") if o.strip()] if order else None, seed=seed,
-                          max_train_per_class=max_train_per_class)
-    results = protocol.run(tasks, out, scenario=scenario.value, base=base, kind=kind.value, seed=seed,
-                           baselines=chosen, device=device, progress=not quiet)
+        if name not in protocol.baselines:
+            fail(f"--baselines: unknown baseline {name!r} for --scenario {scenario.value}; choose from: {', '.join(protocol.baselines)}")
+    options = {"n_tasks": n_tasks, "task_map": task_map, "max_train_per_class": max_train_per_class,
+               "order": [o.strip() for o in order.split(",") if o.strip()] if order else None}
+    results = protocol.run(data_dir, out, scenario.value, base or protocol.default_base, kind.value, seed, chosen, device,
+                           not quiet, options)
     paths = report.write(results, out)
     typer.echo(report.markdown(results))
     typer.echo(f"wrote {paths['results']}, {paths['report']}, {paths['heatmap']}")
@@ -196,26 +195,47 @@ def evaluate(
 @setting_options([("", GenerationSettings)])
 def generate(
     bank: Path = BankArg,
-    prompt: Optional[List[str]] = typer.Option(None, "--prompt", "-p", help="A prompt to continue (repeatable)."),
+    prompt: Optional[List[str]] = typer.Option(None, "--prompt", "-p", help="A prompt (repeatable)."),
     input_path: Optional[Path] = typer.Option(None, "--input", "-i", help=".jsonl/.csv with a 'text' field, or .txt with one prompt per line."),
+    chat: Optional[Path] = typer.Option(None, "--chat", help="Conversations instead of prompts: .json with one conversation (a list of OpenAI chat messages) or a list of them, or .jsonl with {\"messages\": [...]} per line; the chat template is applied and routing reads the user turns."),
     task: Optional[str] = typer.Option(None, "--task", help="Skip routing: every prompt uses this task's module."),
     sample: bool = typer.Option(False, "--sample", help="Sample (with --temperature, --top-p) instead of greedy decoding."),
-    ood_quantile: Optional[float] = typer.Option(None, "--ood-quantile", help="A prompt less similar to its closest domain than this fraction of the domain's own text goes to the base; 0 turns it off.", show_default="bank.json's (0.01)"),
+    ood_quantile: Optional[float] = typer.Option(None, "--ood-quantile", help="A prompt less similar to its closest task than this fraction of the task's own data goes to the base; 0 turns it off.", show_default="bank.json's (0.01)"),
+    stream: bool = typer.Option(False, "--stream", help="Print the text as it is generated (one prompt or conversation)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per prompt (JSON Lines)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     device: str = DeviceOpt,
     settings: Optional[dict] = None,
 ) -> None:
-    """Continue prompts on a causal-LM bank, each with the module of the domain it is closest to
-    (mixed batches); prompts no domain matches are continued by the base alone."""
-    if bool(prompt) == (input_path is not None):
-        fail("give prompts with --prompt or a file with --input (one of the two)")
-    prompts = list(prompt) if prompt else load_texts(input_path, blank_lines=False)[0]
-    results = open_bank(bank, device).generate(prompts, task=task, do_sample=sample, ood_quantile=ood_quantile,
-                                           progress=input_path is not None and not quiet, **(settings or {}))
-    for item, result in zip(prompts, results):
+    """Answer prompts on a causal-LM bank, each with the module of the task it is closest to (mixed
+    batches): instruction (sft) modules get the prompt in their chat layout, domain (clm) modules and
+    the base continue it as written. Prompts no task matches go to the base alone."""
+    from adapterbank.causal.chat import chat_prompt, load_conversations
+
+    if sum(x is not None and x != [] for x in (prompt, input_path, chat)) != 1:
+        fail("give prompts with --prompt, a file with --input, or conversations with --chat (one of the three)")
+    opened = open_bank(bank, device)
+    options = {"task": task, "do_sample": sample, "ood_quantile": ood_quantile, **(settings or {})}
+    if chat is not None:
+        pairs = [chat_prompt(opened.base.tokenizer, messages, i + 1) for i, messages in enumerate(load_conversations(chat))]
+        prompts, shown = [p for p, _ in pairs], [u for _, u in pairs]
+        options.update(route_texts=shown, rendered=True)
+    else:
+        prompts = list(prompt) if prompt else load_texts(input_path, blank_lines=False)[0]
+        shown = prompts
+    if stream:
+        if len(prompts) != 1 or as_json:
+            fail("--stream prints one prompt's text as it comes: give one prompt or conversation, without --json")
+        for piece in opened.generate(prompts, stream=True, **options):
+            typer.echo(piece.text, nl=False)
+        typer.echo()
+        return
+    results = opened.generate(prompts, progress=input_path is not None and not quiet, **options)
+    for item, result in zip(shown, results):
         if as_json:
             typer.echo(json.dumps({"prompt": item, **result.to_dict()}, ensure_ascii=False))
+        elif chat is not None:
+            typer.echo(f"[{result.task or 'base'} @ {result.base_version}] {result.text}")
         else:
             typer.echo(f"[{result.task or 'base'} @ {result.base_version}] {item}{result.text}")
 

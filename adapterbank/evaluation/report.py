@@ -26,7 +26,9 @@ def markdown(results: dict) -> str:
     names = results["task_names"]
     lines = [f"# Continual-learning evaluation ({results['scenario']}-incremental, {len(names)} tasks)", "",
              f"Base `{results['config']['base']}`, {results['config']['kind']} modules, seed {results['config']['seed']}. "
-             "Accuracies in percent; BWT, FWT and forgetting in points.", "",
+             + ("Scores in percent (per task: " + ", ".join(f"{t} {m}" for t, m in results["task_metrics"].items()) + "; "
+              "exact_match after normalisation, rouge_l = ROUGE-L F1); BWT, FWT and forgetting in points."
+              if results.get("task_metrics") else "Accuracies in percent; BWT, FWT and forgetting in points."), "",
              "| method | AA | BWT | FWT | forgetting | routing | oracle (task id given) |",
              "|---|---|---|---|---|---|---|",
              f"| adapterbank | {_pct(results['average_accuracy'])} | {_signed(results['bwt'])} | {_signed(results['fwt'])} | "
@@ -34,7 +36,7 @@ def markdown(results: dict) -> str:
     for name, values in results["baselines"].items():
         lines.append(f"| {name} | {_pct(values['average_accuracy'])} | {_signed(values.get('bwt'))} | "
                      f"{_signed(values.get('fwt'))} | {_pct(values.get('forgetting'))} | – | – |")
-    lines += ["", "## Accuracy matrix R[i][j]: accuracy on task j (column) after learning task i (row)", "",
+    lines += ["", "## Accuracy matrix R[i][j]: accuracy (score) on task j (column) after learning task i (row)", "",
               "| after \\ on | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for name, row in zip(names, results["accuracy_matrix"]):
         lines.append(f"| {name} | " + " | ".join(_pct(v) if v is not None else "" for v in row) + " |")

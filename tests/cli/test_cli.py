@@ -101,15 +101,15 @@ def _help(*command: str) -> str:
 def test_choices_and_settings_come_from_the_registries():
     from dataclasses import fields
 
-    from adapterbank import CLMConfig, ClassificationConfig
+    from adapterbank import CLMConfig, ClassificationConfig, SFTConfig
     from adapterbank.causal.merging import MERGE_METHODS, MergeParams
     from adapterbank.evaluation.baselines import BASELINES
     from adapterbank.kinds import KINDS
     from adapterbank.routing.methods import METHODS
 
     add_task = _help("add-task")
-    assert f"<{'|'.join(KINDS)}>" in add_task and "<classification|clm>" in add_task
-    settings = {f.name for cls in (ClassificationConfig, CLMConfig, *(k.Params for k in KINDS.values())) for f in fields(cls)}
+    assert f"<{'|'.join(KINDS)}>" in add_task and "<classification|clm|sft>" in add_task
+    settings = {f.name for cls in (ClassificationConfig, CLMConfig, SFTConfig, *(k.Params for k in KINDS.values())) for f in fields(cls)}
     for name in settings - {"kind", "params"}:
         assert "--" + name.replace("_", "-") in add_task, name
     assert "[default: (8)]" in add_task.split("--rank")[1][:200]  # the default shown is the kind's own
