@@ -6,8 +6,9 @@ in OpenAI's chat schema. The target is the conversation's **last assistant turn*
 with the chat renderer generation uses (chat.py), so a module is served the layout it learned.
 
 Speed: examples are tokenized once; batches are drawn from length buckets (a shuffled window of 32
-batches sorted by length), left-padded so every response ends at the right edge, and the LM head
-computes logits for the response window only (`logits_to_keep`), not for the whole prompt.
+batches sorted by length), left-padded so every response ends at the right edge; the prefix the rows
+share (system prompt, template, the task's instruction) runs once per batch, not once per row; and the
+LM head computes logits for the response window only (`logits_to_keep`), not for the whole prompt.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .chat import check_messages, render_completion, single_turn, user_text
 from .config import SFTConfig
 
 BUCKET_BATCHES = 32  # batches per length-sorted window: enough to group lengths, small enough to stay shuffled
+SHARED_PREFIX_MIN = 8  # shorter common prefixes are not worth a separate pass
 MAX_HELD_OUT = 32  # held-out examples for the before/after response loss when no --eval is given
 
 
@@ -113,15 +115,41 @@ def split_held_out(examples: list, seed: int) -> tuple[list, list]:
     return [e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held]
 
 
+def shared_prefix(batch: Sequence[Tokenized]) -> int:
+    """Leading tokens every row of the batch has in common (system prompt, template, a task's instruction),
+    stopping before each row's last prompt token (whose logits predict the response's first token)."""
+    if len(batch) < 2:
+        return 0
+    first, limit = batch[0].ids, min(len(t.ids) - t.response_len - 1 for t in batch)
+    length = 0
+    while length < limit and all(t.ids[length] == first[length] for t in batch):
+        length += 1
+    return length
+
+
 def response_nll(model, batch: Sequence[Tokenized], pad_id: int, kind=None) -> tuple[torch.Tensor, int]:
-    """Summed negative log-likelihood of the batch's response tokens, and how many there were."""
+    """Summed negative log-likelihood of the batch's response tokens, and how many there were.
+
+    A prefix the rows share (SHARED_PREFIX_MIN tokens or more) runs once, for one row; its keys and values
+    are repeated for the batch, which then runs only its own tokens. The result is the same (gradients
+    flow back through the repeat), the cost of the shared part is paid once instead of per row."""
     from .rows import left_pad, row_inputs, runner_of
 
     runner, prompt_of = runner_of(model, kind)
     device = next(model.parameters()).device
-    input_ids, mask = left_pad([t.ids for t in batch], pad_id, device)
     window = max(t.response_len for t in batch)
-    logits = runner(**row_inputs(runner, input_ids, mask, prompt_of(len(batch))), logits_to_keep=window + 1).logits[:, :-1]
+    prefix = shared_prefix(batch) if kind is None or kind.batching != "prefix" else 0
+    if prefix >= SHARED_PREFIX_MIN:
+        cache = runner(input_ids=torch.tensor([batch[0].ids[:prefix]], device=device), use_cache=True).past_key_values
+        cache.batch_repeat_interleave(len(batch))
+        input_ids, mask = left_pad([t.ids[prefix:] for t in batch], pad_id, device)
+        full_mask = torch.cat([mask.new_ones(len(batch), prefix), mask], dim=1)
+        positions = (full_mask.cumsum(-1) - 1)[:, prefix:]
+        logits = runner(input_ids=input_ids, attention_mask=full_mask, position_ids=positions, past_key_values=cache,
+                        use_cache=True, logits_to_keep=window + 1).logits[:, :-1]
+    else:
+        input_ids, mask = left_pad([t.ids for t in batch], pad_id, device)
+        logits = runner(**row_inputs(runner, input_ids, mask, prompt_of(len(batch))), logits_to_keep=window + 1).logits[:, :-1]
     lengths = torch.tensor([t.response_len for t in batch], device=device)
     targets = input_ids[:, -window:].masked_fill(torch.arange(window, device=device)[None] < (window - lengths)[:, None], -100)
     nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),

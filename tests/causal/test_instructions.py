@@ -65,6 +65,34 @@ def test_the_loss_is_on_response_tokens_only_and_batches_equal_single_examples(t
     assert count == 7 and float(nll) == pytest.approx(expected, rel=1e-5)
 
 
+def test_a_shared_prefix_runs_once_with_the_same_loss_and_gradients(tiny_llama, monkeypatch):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from adapterbank.causal import sft
+    from adapterbank.causal.sft import Tokenized, response_nll, shared_prefix
+
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama),
+                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    head = list(range(30, 42))  # a system prompt / instruction every row shares
+    batch = [Tokenized(head + [5, 6, 7, 8], 2), Tokenized(head + [9, 10, 11, 12, 13, 14], 3), Tokenized(head + [15, 16, 17], 1)]
+    assert shared_prefix(batch) == len(head)
+
+    def loss_and_grads():
+        model.zero_grad()
+        nll, count = response_nll(model, batch, pad_id=0)
+        nll.backward()
+        return float(nll), count, [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    shared = loss_and_grads()
+    monkeypatch.setattr(sft, "SHARED_PREFIX_MIN", 10_000)  # the plain path: every row runs its whole prompt
+    plain = loss_and_grads()
+    assert shared[1] == plain[1] == 6 and shared[0] == pytest.approx(plain[0], rel=1e-5)
+    for a, b in zip(shared[2], plain[2]):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
 def test_chat_rendering_uses_the_template_and_the_last_assistant_turn_is_the_target(tiny_llama):
     from transformers import AutoTokenizer
 
