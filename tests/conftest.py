@@ -14,6 +14,8 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
+# the device the bank tests run on; CI has only the CPU, a GPU check runs ADAPTERBANK_TEST_DEVICE=cuda pytest
+DEVICE = os.environ.get("ADAPTERBANK_TEST_DEVICE", "cpu")
 
 
 def _write_tiny_bert(directory: Path, seed: int) -> Path:
@@ -154,7 +156,7 @@ def classifier_template(tmp_path_factory, tiny_base) -> Path:
 
     folder = tmp_path_factory.mktemp("classifier-template")
     root = folder / "bank"
-    bank = AdapterBank.create(root, base=tiny_base, device="cpu")
+    bank = AdapterBank.create(root, base=tiny_base, device=DEVICE)
     for task, kind in (("alpha", "lora"), ("beta", "prompt")):
         bank.add_task(task, write_jsonl(folder / f"{task}.jsonl", synthetic_rows(task, per_label=12, seed=0)),
                       kind=kind, epochs=3, progress=False)
@@ -167,7 +169,7 @@ def causal_template(tmp_path_factory, tiny_llama, tiny_base) -> Path:
     from adapterbank import AdapterBank
 
     root = tmp_path_factory.mktemp("causal-template") / "bank"
-    bank = AdapterBank.create(root, base=tiny_llama, router_encoder=tiny_base, device="cpu")
+    bank = AdapterBank.create(root, base=tiny_llama, router_encoder=tiny_base, device=DEVICE)
     for domain in ("alpha", "beta"):
         bank.add_task(domain, domain_texts(domain, 80, seed=0), block_size=32, max_steps=6, lr=1e-2, progress=False)
     return root

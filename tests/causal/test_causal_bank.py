@@ -16,7 +16,7 @@ from adapterbank.errors import AdapterBankError, BaseMismatchError, DataError
 from adapterbank.causal.merging import MERGE_METHODS
 from adapterbank.causal.training import make_blocks
 
-from conftest import tree_hashes, write_jsonl
+from conftest import DEVICE, tree_hashes, write_jsonl
 from conftest import domain_texts
 
 TRAIN = dict(block_size=32, max_steps=40, lr=1e-2, progress=False)
@@ -26,7 +26,7 @@ TRAIN = dict(block_size=32, max_steps=40, lr=1e-2, progress=False)
 def trained_bank_template(tmp_path_factory, tiny_llama, tiny_base):
     """A causal bank with modules `alpha` and `beta` trained on v0 (copied per test: tests change banks)."""
     root = tmp_path_factory.mktemp("causal") / "bank"
-    bank = AdapterBank.create(root, base=tiny_llama, router_encoder=tiny_base, device="cpu")
+    bank = AdapterBank.create(root, base=tiny_llama, router_encoder=tiny_base, device=DEVICE)
     for domain in ("alpha", "beta"):
         bank.add_task(domain, domain_texts(domain, 160, seed=0), **TRAIN)
     return root
@@ -37,13 +37,13 @@ def bank(trained_bank_template, tmp_path):
     import shutil
 
     shutil.copytree(trained_bank_template, tmp_path / "bank")
-    return AdapterBank.open(tmp_path / "bank", device="cpu")
+    return AdapterBank.open(tmp_path / "bank", device=DEVICE)
 
 
 def module_model(bank, name, version="v0"):
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(copy.deepcopy(bank.base_at(version).model), str(bank.task(name).path)).eval()
+    return PeftModel.from_pretrained(copy.deepcopy(bank.base_at(version).model).cpu(), str(bank.task(name).path)).eval()
 
 
 def ids(bank, text):
@@ -55,9 +55,9 @@ def test_init_stores_the_base_as_safetensors_and_reopens_without_the_source(tmp_
 
     source = tmp_path / "source"
     shutil.copytree(tiny_llama, source)
-    AdapterBank.create(tmp_path / "bank", base=str(source), router_encoder=tiny_base, device="cpu")
+    AdapterBank.create(tmp_path / "bank", base=str(source), router_encoder=tiny_base, device=DEVICE)
     shutil.rmtree(source)
-    bank = AdapterBank.open(tmp_path / "bank", device="cpu")
+    bank = AdapterBank.open(tmp_path / "bank", device=DEVICE)
     assert bank.family == "causal" and bank.current_base_version == "v0"
     files = sorted(p.name for p in (tmp_path / "bank" / "bases" / "v0").iterdir())
     assert "model.safetensors" in files and all(f.endswith((".json", ".safetensors")) for f in files)
@@ -105,7 +105,7 @@ def test_linear_merge_of_one_module_equals_peft_merge_and_unload(bank):
     expected = module_model(bank, "alpha").merge_and_unload().state_dict()
     merged = bank.base_at("v1").model.state_dict()
     for name, tensor in expected.items():
-        torch.testing.assert_close(merged[name], tensor, atol=1e-6, rtol=0)
+        torch.testing.assert_close(merged[name].cpu(), tensor, atol=1e-6, rtol=0)
 
 
 def test_every_method_makes_a_new_version_and_never_rewrites_v0(bank):
@@ -123,7 +123,7 @@ def test_every_method_makes_a_new_version_and_never_rewrites_v0(bank):
     bank.rollback("v0")
     again = bank.merge(["alpha", "beta"], method="dare_ties", weights=[0.6, 0.4], density=0.5, seed=3)
     assert again["fingerprint"] == fingerprints["dare_ties"]  # seeded: the same merge, the same base
-    reopened = AdapterBank.open(bank.path, device="cpu")
+    reopened = AdapterBank.open(bank.path, device=DEVICE)
     assert [v["version"] for v in reopened.base_versions()] == [f"v{i}" for i in range(7)]
     reopened.rollback("v0")
     for name, tensor in reopened.base.model.state_dict().items():
@@ -226,7 +226,7 @@ def test_objective_must_match_the_bank(bank, tmp_path, tiny_base):
         bank.add_task("c", rows, objective="classification", progress=False)
     with pytest.raises(AdapterBankError, match="predict needs a classification bank"):
         bank.predict(["abc"])
-    encoder_bank = AdapterBank.create(tmp_path / "enc", base=tiny_base, device="cpu")
+    encoder_bank = AdapterBank.create(tmp_path / "enc", base=tiny_base, device=DEVICE)
     with pytest.raises(AdapterBankError, match="causal-LM bank"):
         encoder_bank.add_task("d", rows, objective="clm", progress=False)
     with pytest.raises(AdapterBankError, match="causal-LM bank"):
@@ -261,10 +261,10 @@ def test_sigkill_during_merge_leaves_no_new_version(bank, point):
     manifest = (bank.path / "bank.json").read_bytes()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "ADAPTERBANK_KILL_AT": point}
     process = subprocess.run([sys.executable, "-m", "adapterbank_cli", "merge", str(bank.path), "--tasks", "alpha",
-                              "--device", "cpu"], env=env, capture_output=True, text=True, timeout=300)
+                              "--device", DEVICE], env=env, capture_output=True, text=True, timeout=300)
     assert process.returncode == -signal.SIGKILL, process.stderr[-400:]
     assert (bank.path / "bank.json").read_bytes() == manifest
-    reopened = AdapterBank.open(bank.path, device="cpu")
+    reopened = AdapterBank.open(bank.path, device=DEVICE)
     assert [v["version"] for v in reopened.base_versions()] == ["v0"]
     assert reopened.merge(["alpha"])["version"] == "v1"  # the next merge sweeps the leftovers away
     assert sorted(p.name for p in (bank.path / "bases").iterdir()) == ["v0", "v1"]
@@ -275,11 +275,11 @@ def test_sigkill_during_merge_leaves_no_new_version(bank, point):
 
 def test_a_causal_bank_takes_no_base_override(bank):
     with pytest.raises(AdapterBankError, match="is a causal-LM bank: its base is stored in the bank"):
-        AdapterBank.open(bank.path, base="anything", device="cpu")
+        AdapterBank.open(bank.path, base="anything", device=DEVICE)
 
 
 def test_every_call_sees_merges_and_rollbacks_made_by_another_process(bank):
-    other = AdapterBank.open(bank.path, device="cpu")  # e.g. another process
+    other = AdapterBank.open(bank.path, device=DEVICE)  # e.g. another process
     assert bank.current_base_version == "v0"
     other.merge(["alpha"])
     assert bank.current_base_version == "v1"  # bank.json is re-read when it changed on disk

@@ -11,7 +11,7 @@ import torch
 from adapterbank import AdapterBank
 from adapterbank.errors import DataError
 
-from conftest import copy_bank, domain_texts, invoke, tree_hashes, write_jsonl
+from conftest import DEVICE, copy_bank, domain_texts, invoke, tree_hashes, write_jsonl
 
 SQL_WORDS, CHAT_WORDS = "abcdef", "uvwxyz"
 
@@ -34,7 +34,7 @@ def task_rows(letters: str, answer: str, count: int, seed: int, chat: bool = Fal
 def sft_template(tmp_path_factory, tiny_llama, tiny_base):
     """A causal bank with a clm domain (alpha), an sft LoRA task (sql) and an sft prompt-tuning task (support)."""
     root = tmp_path_factory.mktemp("sft") / "bank"
-    bank = AdapterBank.create(root, base=tiny_llama, router_encoder=tiny_base, device="cpu")
+    bank = AdapterBank.create(root, base=tiny_llama, router_encoder=tiny_base, device=DEVICE)
     bank.add_task("alpha", domain_texts("alpha", 60, seed=0), block_size=32, max_steps=4, lr=1e-2, progress=False)
     bank.add_task("sql", task_rows(SQL_WORDS, "SELECT", 48, 0), objective="sft", max_steps=150, lr=3e-2, batch_size=8,
                   progress=False)
@@ -45,7 +45,7 @@ def sft_template(tmp_path_factory, tiny_llama, tiny_base):
 
 @pytest.fixture()
 def sft_bank(sft_template, tmp_path):
-    return AdapterBank.open(copy_bank(sft_template, tmp_path / "bank"), device="cpu")
+    return AdapterBank.open(copy_bank(sft_template, tmp_path / "bank"), device=DEVICE)
 
 
 def test_the_loss_is_on_response_tokens_only_and_batches_equal_single_examples(tiny_llama):
@@ -130,7 +130,7 @@ def test_bad_sft_lines_are_refused_naming_file_and_line_before_training(sft_temp
     bank_dir = copy_bank(sft_template, tmp_path / "bank")
     before = tree_hashes(bank_dir)
     data = write_jsonl(tmp_path / "train.jsonl", [*task_rows(SQL_WORDS, "x", 3, 0), line])
-    code, _ = invoke("add-task", bank_dir, "new", "--train", data, "--objective", "sft", "--device", "cpu", "-q")
+    code, _ = invoke("add-task", bank_dir, "new", "--train", data, "--objective", "sft", "--device", DEVICE, "-q")
     assert code != 0 and invoke.stderr.startswith(f"error: {data}:4"), invoke.stderr
     assert message in invoke.stderr and len(invoke.stderr.strip().splitlines()) == 1
     assert tree_hashes(bank_dir) == before
@@ -200,16 +200,16 @@ def test_generate_chat_and_stream_through_the_cli(sft_template, tmp_path):
     conversation = tmp_path / "conversation.json"
     conversation.write_text(json.dumps([{"role": "user", "content": prompt}]), encoding="utf-8")
     code, out = invoke("generate", bank_dir, "--chat", conversation, "--json", "--ood-quantile", "0", "--max-new-tokens", "4",
-                       "--device", "cpu")
+                       "--device", DEVICE)
     assert code == 0, invoke.stderr
     answer = json.loads(out)
     assert answer["task"] == "sql" and answer["prompt"] == prompt
     code, streamed = invoke("generate", bank_dir, "--prompt", prompt, "--stream", "--ood-quantile", "0",
-                            "--max-new-tokens", "4", "--device", "cpu")
+                            "--max-new-tokens", "4", "--device", DEVICE)
     assert code == 0 and streamed.strip() == answer["text"].strip()
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"role": "assistant", "content": "no user"}]), encoding="utf-8")
-    code, _ = invoke("generate", bank_dir, "--chat", bad, "--device", "cpu")
+    code, _ = invoke("generate", bank_dir, "--chat", bad, "--device", DEVICE)
     assert code != 0 and "no user message" in invoke.stderr and str(bad) in invoke.stderr
 
 
@@ -226,7 +226,7 @@ def test_instruction_eval_writes_the_matrix_and_the_baselines(tmp_path, tiny_lla
     assert [t.metric for t in tasks] == ["exact_match", "rouge_l"]  # short labels vs longer answers
     create = AdapterBank.create
     monkeypatch.setattr(AdapterBank, "create", lambda path, **kw: create(path, router_encoder=tiny_base, **kw))
-    results = instruction_protocol.run(tasks, tmp_path / "out", base=tiny_llama, device="cpu", progress=False,
+    results = instruction_protocol.run(tasks, tmp_path / "out", base=tiny_llama, device=DEVICE, progress=False,
                                        settings={"max_steps": 60, "lr": 3e-2})
     matrix = results["accuracy_matrix"]
     assert matrix[0][1] is not None and matrix[1][0] is not None and all(0 <= v <= 1 for row in matrix for v in row)

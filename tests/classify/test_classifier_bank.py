@@ -13,14 +13,14 @@ from adapterbank.classify.heads import CosineHead
 from adapterbank.kinds import KINDS
 from adapterbank.classify.training import module_features
 
-from conftest import TASK_LABELS, tree_hashes, write_jsonl
+from conftest import DEVICE, TASK_LABELS, tree_hashes, write_jsonl
 
 FAST = {"epochs": 8, "progress": False}
 
 
 @pytest.fixture()
 def bank(tmp_path, tiny_base):
-    return AdapterBank.create(tmp_path / "bank", base=tiny_base, device="cpu")
+    return AdapterBank.create(tmp_path / "bank", base=tiny_base, device=DEVICE)
 
 
 def peft_features(base_dir, task_dir, texts):
@@ -71,7 +71,7 @@ def test_task_agnostic_prediction_over_all_labels(bank, task_files):
         data = load_dataset(test)
         texts += data.texts
         gold += data.targets
-    predictions = AdapterBank.open(bank.path, device="cpu").predict(texts, ood_quantile=0)
+    predictions = AdapterBank.open(bank.path, device=DEVICE).predict(texts, ood_quantile=0)
     accuracy = sum(p.label == g for p, g in zip(predictions, gold)) / len(gold)
     task_of = {label: task for task, labels in TASK_LABELS.items() for label in labels}
     routing = sum(p.task == task_of[g] for p, g in zip(predictions, gold)) / len(gold)
@@ -100,7 +100,7 @@ def test_bank_with_only_a_single_label_task_predicts_it(bank, task_files):
 def test_same_seed_gives_same_module(tmp_path, tiny_base, task_files):
     heads = []
     for run in ("one", "two"):
-        bank = AdapterBank.create(tmp_path / run, base=tiny_base, device="cpu")
+        bank = AdapterBank.create(tmp_path / run, base=tiny_base, device=DEVICE)
         info = bank.add_task("alpha", task_files["alpha"][0], seed=3, **FAST)
         heads.append(CosineHead.load(info.path).weight.detach())
     assert torch.allclose(heads[0], heads[1], atol=1e-6)
@@ -110,9 +110,9 @@ def test_bank_json_records_base_and_other_base_is_refused(bank, tiny_base, other
     manifest = json.loads((bank.path / "bank.json").read_text())
     assert manifest["base"]["id"] == tiny_base
     assert manifest["base"]["fingerprint"].startswith("sha256:")
-    assert AdapterBank.open(bank.path, base=tiny_base, device="cpu").base_id == tiny_base
+    assert AdapterBank.open(bank.path, base=tiny_base, device=DEVICE).base_id == tiny_base
     with pytest.raises(BaseMismatchError, match="does not match the bank's base"):
-        AdapterBank.open(bank.path, base=other_tiny_base, device="cpu")
+        AdapterBank.open(bank.path, base=other_tiny_base, device=DEVICE)
 
 
 def test_unknown_model_and_existing_bank_create_nothing(tmp_path, tiny_base, bank):
@@ -183,13 +183,13 @@ def test_open_bank_sees_tasks_added_by_another_writer(bank, tiny_base, task_file
     bank.add_task("alpha", task_files["alpha"][0], **FAST)
     beta_texts = load_dataset(task_files["beta"][1]).texts[:4]
     assert {p.task for p in bank.predict(beta_texts, ood_quantile=0)} == {"alpha"}
-    other = AdapterBank.open(bank.path, device="cpu")  # e.g. another process
+    other = AdapterBank.open(bank.path, device=DEVICE)  # e.g. another process
     other.add_task("beta", task_files["beta"][0], **FAST)
     assert {p.task for p in bank.predict(beta_texts)} == {"beta"}
     # the other writer replaces "beta" (whose module this bank has loaded) by a module with other weights
     other.remove_task("beta")
     other.add_task("beta", task_files["beta"][0], seed=7, epochs=2, progress=False)
-    fresh = AdapterBank.open(bank.path, device="cpu").predict(beta_texts)
+    fresh = AdapterBank.open(bank.path, device=DEVICE).predict(beta_texts)
     assert [(p.label, p.score) for p in bank.predict(beta_texts)] == [(p.label, p.score) for p in fresh]
 
 
@@ -247,7 +247,7 @@ def test_router_index_is_saved_and_small_module_cache_still_answers(bank, task_f
     assert saved.task_ids == [bank.task(n).record["id"] for n in ("alpha", "beta")]
     texts = load_dataset(task_files["alpha"][1]).texts[:3] + load_dataset(task_files["beta"][1]).texts[:3]
     expected = [p.label for p in bank.predict(texts, ood_quantile=0)]
-    reopened = AdapterBank.open(bank.path, device="cpu")
+    reopened = AdapterBank.open(bank.path, device=DEVICE)
     reopened._runner = RoutedModel(reopened.base.model, reopened.upper_layers, cache_size=1)
     assert [p.label for p in reopened.predict(texts, batch_size=1, ood_quantile=0)] == expected
     assert len(reopened._runner.loaded) == 1
@@ -258,13 +258,13 @@ def test_classification_export_is_the_encoder_with_the_module_merged(tmp_path, t
     from peft import PeftModel
     from transformers import AutoModel
 
-    encoder_bank = AdapterBank.create(tmp_path / "enc", base=tiny_base, device="cpu")
+    encoder_bank = AdapterBank.create(tmp_path / "enc", base=tiny_base, device=DEVICE)
     encoder_bank.add_task("alpha", task_files["alpha"][0], kind=kind, epochs=2, progress=False)
     out = encoder_bank.export(tmp_path / "export", task="alpha")
     assert json.loads((out / "labels.json").read_text())["labels"] == encoder_bank.task("alpha").labels
     assert (out / "head.safetensors").is_file()
     exported = AutoModel.from_pretrained(out)
-    reference = PeftModel.from_pretrained(copy.deepcopy(encoder_bank.base.model), str(encoder_bank.task("alpha").path))
+    reference = PeftModel.from_pretrained(copy.deepcopy(encoder_bank.base.model).cpu(), str(encoder_bank.task("alpha").path))
     text = encoder_bank.base.tokenizer(["aaaaaa bcd ef"], return_tensors="pt")
     with torch.no_grad():
         diff = (exported(**text).last_hidden_state - reference(**text).last_hidden_state).abs().max()

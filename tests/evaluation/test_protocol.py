@@ -11,7 +11,7 @@ from adapterbank.errors import DataError
 from adapterbank.evaluation.scenarios import load_scenario
 
 from conftest import TASK_LABELS, synthetic_rows, write_jsonl
-from conftest import invoke
+from conftest import DEVICE, invoke
 
 TASKS = ["alpha", "beta", "gamma"]
 
@@ -85,7 +85,7 @@ def class_run(tmp_path_factory, tiny_base):
     write_jsonl(root / "data" / "test.jsonl", [r for t in TASKS for r in synthetic_rows(t, per_label=6, seed=1)])
     (root / "data" / "tasks.json").write_text(json.dumps({t: TASK_LABELS[t] for t in TASKS}))
     tasks = load_scenario(root / "data", task_map=root / "data" / "tasks.json")
-    results = evaluation.run(tasks, root / "out", base=tiny_base, device="cpu", progress=False)
+    results = evaluation.run(tasks, root / "out", base=tiny_base, device=DEVICE, progress=False)
     return root, tasks, results
 
 
@@ -123,13 +123,13 @@ def test_report_files(class_run, tmp_path):
 
 def test_same_seed_same_numbers(class_run, tiny_base, tmp_path):
     root, tasks, results = class_run
-    again = evaluation.run(tasks, tmp_path / "again", base=tiny_base, device="cpu", progress=False)
+    again = evaluation.run(tasks, tmp_path / "again", base=tiny_base, device=DEVICE, progress=False)
     assert _without_times(again) == _without_times(results)
 
 
 def test_task_incremental_gives_the_task_id(flat_data, tiny_base, tmp_path):
     tasks = load_scenario(flat_data, scenario="task", task_map=flat_data / "tasks.json")
-    results = evaluation.run(tasks, tmp_path / "out", scenario="task", base=tiny_base, device="cpu",
+    results = evaluation.run(tasks, tmp_path / "out", scenario="task", base=tiny_base, device=DEVICE,
                              baselines=["ncm"], progress=False)
     assert results["routing_accuracy"] is None
     assert results["average_accuracy"] == pytest.approx(results["oracle_accuracy"])
@@ -155,7 +155,7 @@ def test_domain_incremental_same_labels_new_domains(tmp_path, tiny_base):
             write_jsonl(folder / f"{split}.jsonl", rows)
     tasks = load_scenario(tmp_path / "data", scenario="domain")
     assert [sorted(t.labels) for t in tasks] == [["a_one", "a_two"]] * 2
-    results = evaluation.run(tasks, tmp_path / "out", scenario="domain", base=tiny_base, device="cpu",
+    results = evaluation.run(tasks, tmp_path / "out", scenario="domain", base=tiny_base, device=DEVICE,
                              baselines=["ncm", "seqlora"], progress=False)
     matrix = results["accuracy_matrix"]
     assert matrix[0][1] is not None  # the next domain's texts have known labels: forward transfer is measurable
@@ -176,7 +176,7 @@ def test_trained_baselines_follow_the_runs_kind(flat_data, tiny_base, tmp_path, 
 
     monkeypatch.setattr(baseline_models, "train_classifier", spy)
     tasks = load_scenario(flat_data, task_map=flat_data / "tasks.json")[:2]
-    results = evaluation.run(tasks, tmp_path / "out", base=tiny_base, kind="prompt", device="cpu",
+    results = evaluation.run(tasks, tmp_path / "out", base=tiny_base, kind="prompt", device=DEVICE,
                              baselines=["joint", "seqlora"], progress=False)
     assert kinds == ["prompt"] * 3  # joint once, seqlora once per task
     assert results["config"]["kind"] == "prompt" and {t.kind for t in AdapterBank.open(tmp_path / "out" / "bank", lazy=True).tasks()} == {"prompt"}

@@ -11,12 +11,14 @@ from adapterbank import AdapterBank, load_dataset
 from adapterbank.classify.training import module_features
 from adapterbank.kinds import KINDS, get_kind
 
+from conftest import DEVICE
+
 FAST = {"epochs": 8, "progress": False}
 
 
 @pytest.fixture()
 def bank(tmp_path, tiny_base):
-    return AdapterBank.create(tmp_path / "bank", base=tiny_base, device="cpu")
+    return AdapterBank.create(tmp_path / "bank", base=tiny_base, device=DEVICE)
 
 
 def test_ia3_is_registered_for_classification_banks():
@@ -63,7 +65,7 @@ def test_ia3_exports_as_a_merged_encoder_and_as_a_peft_directory(bank, task_file
     info = bank.add_task("alpha", task_files["alpha"][0], kind="ia3", **FAST)
     merged = AutoModel.from_pretrained(bank.export(tmp_path / "merged", task="alpha"))
     peft_dir = bank.export(tmp_path / "peft", task="alpha", peft=True)
-    reference = PeftModel.from_pretrained(copy.deepcopy(bank.base.model), str(peft_dir)).eval()
+    reference = PeftModel.from_pretrained(copy.deepcopy(bank.base.model).cpu(), str(peft_dir)).eval()
     text = bank.base.tokenizer(["aaaaaa bcd ef", "bbbbbb cd"], padding=True, return_tensors="pt")
     with torch.no_grad():
         diff = (merged(**text).last_hidden_state - reference(**text).last_hidden_state).abs().max()

@@ -14,7 +14,7 @@ import pytest
 
 from adapterbank.serve.server import free_port
 
-from conftest import copy_bank, invoke, synthetic_rows, write_jsonl
+from conftest import DEVICE, copy_bank, invoke, synthetic_rows, write_jsonl
 
 START_TIMEOUT = 90  # seconds for the server to load the bank and answer /healthz
 
@@ -25,7 +25,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
         self.process = subprocess.Popen([sys.executable, "-m", "adapterbank_cli", "serve", str(bank), "--port", str(self.port),
-                                         "--device", "cpu", *map(str, extra)], env=env, stdout=subprocess.PIPE,
+                                         "--device", DEVICE, *map(str, extra)], env=env, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
@@ -37,7 +37,7 @@ class Server:
             except httpx.TransportError:
                 time.sleep(0.25)
         self.stop()
-        raise AssertionError("server did not answer /healthz in time")
+        raise AssertionError(f"server did not answer /healthz in {START_TIMEOUT} s; it printed: {self.process.stdout.read()[-2000:]}")
 
     def post(self, path, payload, **kwargs):
         return httpx.post(f"{self.url}{path}", json=payload, timeout=60, **kwargs)
@@ -98,7 +98,7 @@ def test_a_task_added_or_removed_while_serving_is_served_without_restart(classif
     text = "ssssss tu vw"
     assert server.post("/v1/route", {"texts": [text]}).json()["data"][0]["task"] != "delta"
     train = write_jsonl(tmp_path / "delta.jsonl", synthetic_rows("delta", 10, 0))
-    assert invoke("add-task", server.bank, "delta", "--train", train, "--epochs", "2", "-q", "--device", "cpu")[0] == 0
+    assert invoke("add-task", server.bank, "delta", "--train", train, "--epochs", "2", "-q", "--device", DEVICE)[0] == 0
     assert "delta" in [m["id"] for m in server.get("/v1/models").json()["data"]]
     assert server.post("/v1/classify", {"texts": [text]}).json()["data"][0]["task"] == "delta"
     assert invoke("remove", server.bank, "delta")[0] == 0
@@ -215,13 +215,13 @@ def test_import_a_plain_peft_lora_and_serve_it(causal_template, tmp_path, tiny_l
         code, _ = invoke("import", bank_dir, "gamma", *args)
         assert code == 1 and message in invoke.stderr and invoke.stderr.count("\n") == 1, invoke.stderr
     assert tree_hashes(bank_dir) == before
-    code, out = invoke("import", bank_dir, "gamma", "--adapter", good, "--examples", examples, "--device", "cpu")
+    code, out = invoke("import", bank_dir, "gamma", "--adapter", good, "--examples", examples, "--device", DEVICE)
     assert code == 0 and "imported gamma: lora" in out, invoke.stderr
-    bank = AdapterBank.open(bank_dir, device="cpu")
+    bank = AdapterBank.open(bank_dir, device=DEVICE)
     assert verify_bank(bank_dir).ok and bank.task("gamma").record["objective"] == "imported"
     [result] = bank.generate(["mno pqr onm"], max_new_tokens=2, ood_quantile=0)
     assert result.task == "gamma"
-    code, _ = invoke("import", bank_dir, "other", "--adapter", wrong_base, "--examples", examples, "--force-base", "--device", "cpu")
+    code, _ = invoke("import", bank_dir, "other", "--adapter", wrong_base, "--examples", examples, "--force-base", "--device", DEVICE)
     assert code == 0
     before = tree_hashes(bank_dir)
     for change, message in (({"r": 8}, "is [4, 32], the base needs [8, 32]"),
