@@ -1,5 +1,6 @@
 """End to end on the real SmolLM2-135M (the packaged GGUF) through the CLI: init, a clm task, routed
-generation, a merge, and an export that plain transformers loads with the bank's logits."""
+generation, a merge, and an export that plain transformers loads with the bank's logits; instruction (sft)
+tasks, LoRA and prompt tuning, routed by prompt and by conversation."""
 
 import copy
 import json
@@ -56,3 +57,36 @@ def test_smollm2_bank_end_to_end(tmp_path, monkeypatch, capsys):
     ids = bank.base.tokenizer(SCIENCE[0], return_tensors="pt")["input_ids"]
     with torch.no_grad():
         assert (exported(input_ids=ids).logits - unmerged(input_ids=ids).logits).abs().max() < 1e-4
+
+
+SQL = [("List the customers who ordered twice", "SELECT customer FROM orders GROUP BY customer HAVING COUNT(*) = 2;"),
+       ("Show every product cheaper than ten dollars", "SELECT * FROM products WHERE price < 10;"),
+       ("Count the orders placed in March", "SELECT COUNT(*) FROM orders WHERE month = 3;"),
+       ("Find the names of all employees in sales", "SELECT name FROM employees WHERE department = 'sales';")] * 5
+SUPPORT = ["My parcel has not arrived yet, what should I do?", "How can I reset the password of my account?",
+           "I was charged twice for one order, please help.", "Can I change the delivery address of my order?"] * 5
+
+
+def test_smollm2_instruction_tasks_are_learned_and_routed(tmp_path, monkeypatch, capsys):
+    bank_dir = tmp_path / "bank"
+    sql = tmp_path / "sql.jsonl"
+    sql.write_text("".join(json.dumps({"prompt": p, "response": r}) + "\n" for p, r in SQL), encoding="utf-8")
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant",
+                     "content": "I am sorry for the trouble. Our support team will help you right away."}]}) + "\n"
+                     for q in SUPPORT), encoding="utf-8")
+    cli(monkeypatch, capsys, "init", bank_dir, "--base", "smollm2-135m", "--device", "cpu")
+    out = cli(monkeypatch, capsys, "add-task", bank_dir, "sql", "--train", sql, "--objective", "sft", "--max-steps", "6",
+              "--device", "cpu", "-q")
+    before, after = map(float, out.split("held-out response loss: ")[1].split(" (")[0].split(" -> "))
+    assert after < before, out
+    cli(monkeypatch, capsys, "add-task", bank_dir, "support", "--train", chats, "--objective", "sft", "--kind", "prompt",
+        "--max-steps", "3", "--device", "cpu", "-q")
+    routed = json.loads(cli(monkeypatch, capsys, "generate", bank_dir, "--prompt", "Count the customers in Paris",
+                            "--max-new-tokens", "8", "--ood-quantile", "0", "--json", "--device", "cpu").splitlines()[0])
+    assert routed["task"] == "sql" and routed["text"].strip()
+    conversation = tmp_path / "conversation.json"
+    conversation.write_text(json.dumps([{"role": "user", "content": "My order arrived broken, what can I do?"}]), encoding="utf-8")
+    answered = json.loads(cli(monkeypatch, capsys, "generate", bank_dir, "--chat", conversation, "--max-new-tokens", "8",
+                              "--ood-quantile", "0", "--json", "--device", "cpu").splitlines()[0])
+    assert answered["task"] == "support" and answered["text"].strip()
