@@ -59,7 +59,8 @@ def add_task(
     settings: Optional[dict] = None,
 ) -> None:
     """Train a module for one task and add it; earlier tasks are left untouched. Classification tasks
-    learn labels; clm tasks (causal-LM banks) learn a domain's text and report held-out perplexity."""
+    learn labels; on causal-LM banks, clm tasks learn a domain's text (held-out perplexity reported) and sft
+    tasks learn instructions or chats (held-out response loss reported)."""
     opened = open_bank(bank, device)
     info = opened.add_task(name, train, eval=eval_path, progress=not quiet, kind=kind.value,
                            **({"objective": objective.value} if objective else {}), **(settings or {}))
