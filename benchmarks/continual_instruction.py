@@ -26,61 +26,18 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import torch  # noqa: E402
 
-from adapterbank.causal.chat import render_prompt  # noqa: E402
-from adapterbank.causal.generation import VersionGenerator  # noqa: E402
 from adapterbank.evaluation import instruction_protocol, report  # noqa: E402
 from adapterbank.evaluation.instruction_tasks import load_instruction_tasks  # noqa: E402
 
-SPEED_ROWS_PER_TASK = 4  # the mixed batch: 4 prompts from each of 4 tasks
-SPEED_NEW_TOKENS = 32
-SPEED_REPEATS = 3
+SPEED_ROWS_PER_TASK = 4  # the mixed batch: 4 test prompts from each of the first 4 tasks
 
 
 def generation_speed(bank, tasks, batch_size: int) -> dict:
-    """Tokens/s of routed generation (routing included) on a batch mixing 4 modules, and of the bare base
-    model's own `generate` on the same rendered prompts; both greedy, forced to SPEED_NEW_TOKENS tokens
-    per row (min_new_tokens), so both produce the same number of tokens."""
-    chosen = tasks[:4]
-    conversations = [c for task in chosen for c in task.conversations()[:SPEED_ROWS_PER_TASK]]
-    users = [c[-1]["content"] for c in conversations]
-    base = bank.base
-    prompts = [render_prompt(base.tokenizer, c) for c in conversations]
-    options = {"max_new_tokens": SPEED_NEW_TOKENS, "min_new_tokens": SPEED_NEW_TOKENS, "do_sample": False}
-    at = {info.name: (info.path, info.kind) for info in bank.tasks()}
-    generator = VersionGenerator(base.model, base.tokenizer)
-    generator.generate(prompts[:2], [chosen[0].name, None], at, batch_size, options)  # load the modules, warm up
+    """Routed generation (routing included) on a batch mixing 4 modules against the bare base's `generate`
+    on the same prompts (generation_speed.py)."""
+    from generation_speed import measure
 
-    def routed():
-        modules = [r.tasks[0] for r in bank.route(users, ood_quantile=0)]
-        generator.generate(prompts, modules, at, batch_size, options)
-        return modules
-
-    def bare():
-        tokenizer = base.tokenizer
-        side, tokenizer.padding_side = tokenizer.padding_side, "left"
-        try:
-            for start in range(0, len(prompts), batch_size):
-                encoded = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True)
-                with torch.no_grad():
-                    base.model.generate(**encoded, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id, **options)
-        finally:
-            tokenizer.padding_side = side
-
-    timings = {"routed": [], "base": []}
-    modules = None
-    for _ in range(SPEED_REPEATS):  # interleaved, medians
-        for name, fn in (("base", bare), ("routed", routed)):
-            t0 = time.perf_counter()
-            out = fn()
-            timings[name].append(time.perf_counter() - t0)
-            modules = out or modules
-    tokens = len(prompts) * SPEED_NEW_TOKENS
-    median = {k: sorted(v)[len(v) // 2] for k, v in timings.items()}
-    return {"generate_tokens_per_s_routed": round(tokens / median["routed"], 1),
-            "generate_tokens_per_s_base": round(tokens / median["base"], 1),
-            "generate_ratio": round(median["base"] / median["routed"], 3),
-            "generate_modules_in_batch": len(set(modules)), "generate_rows": len(prompts),
-            "generate_new_tokens": SPEED_NEW_TOKENS, "generate_batch_size": batch_size}
+    return measure(bank, [c for task in tasks[:4] for c in task.conversations()[:SPEED_ROWS_PER_TASK]], batch_size)
 
 
 def sft_speed(bank, task, epochs: int, batch_size: int, lr: float) -> dict:
