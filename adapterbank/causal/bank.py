@@ -14,7 +14,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 from .. import faults
 from ..version import __version__
@@ -200,8 +200,8 @@ class CausalBank(AdapterBank, family="causal"):
                  method: str | None = None, ood_quantile: float | None = None, do_sample: bool = False,
                  temperature: float = _GENERATION.temperature, top_p: float = _GENERATION.top_p,
                  seed: int = _GENERATION.seed, batch_size: int = _GENERATION.batch_size, progress: bool = False,
-                 route_texts: Sequence[str] | None = None, base_only: bool = False, streamer: Any = None,
-                 stream: bool = False, rendered: bool | Sequence[bool] = False):
+                 route_texts: Sequence[str] | None = None, base_only: bool = False,
+                 on_text: Callable[[int, str], None] | None = None, stream: bool = False, rendered: bool | Sequence[bool] = False):
         """Answer each prompt with the module of the task the router finds it closest to.
 
         A prompt routed to an instruction (`sft`) module is put in the chat layout that module was trained
@@ -218,7 +218,9 @@ class CausalBank(AdapterBank, family="causal"):
             progress: show a progress bar over the batches.
             route_texts: route on these texts instead of the prompts (one per prompt).
             base_only: no module at all: every prompt is continued by the current base.
-            streamer: a transformers streamer (e.g. TextIteratorStreamer) for one prompt.
+            on_text: called as `on_text(prompt index, piece)` from the generating thread with each prompt's
+                text as it is generated (the pieces add up to the returned text); what a server needs to
+                stream the rows of one batch to different clients.
             stream: return an iterator of generation.Piece (prompt index, text) as the text is generated,
                 for any number of prompts, instead of the finished list.
             rendered: the prompts are already in the chat layout (what `chat` passes); one flag, or one per prompt.
@@ -248,8 +250,8 @@ class CausalBank(AdapterBank, family="causal"):
             raise DataError(f"rendered: {len(flags)} flags for {len(prompts)} prompts")
         if task is not None and base_only:
             raise AdapterBankError("give task= or base_only=True, not both")
-        if streamer is not None and len(prompts) != 1:
-            raise AdapterBankError(f"a streamer follows one prompt; {len(prompts)} were given")
+        if stream and on_text is not None:
+            raise AdapterBankError("give stream=True or on_text, not both")
         if not prompts:
             return iter(()) if stream else []
         if task is not None:
@@ -263,7 +265,7 @@ class CausalBank(AdapterBank, family="causal"):
         texts = [render_prompt(tokenizer, single_turn(p)) if c and not flag and self._chat_layout(records[c]) else p
                  for p, c, flag in zip(prompts, chosen, flags)]
         versions_used = [records[c].record["base"]["version"] if c else self.current_base_version for c in chosen]
-        options = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, **({"streamer": streamer} if streamer else {}),
+        options = {"max_new_tokens": max_new_tokens, "do_sample": do_sample,
                    **({"temperature": temperature, "top_p": top_p} if do_sample else {})}
         run = lambda on_text=None: self._generate_rows(texts, chosen, versions_used, records, options,  # noqa: E731
                                                        seed if do_sample else None, batch_size, progress, on_text)
@@ -272,7 +274,7 @@ class CausalBank(AdapterBank, family="causal"):
 
             return stream_pieces(run, chosen)
         return [Generation(text, c, round(r.probabilities[0], 6) if c else 0.0, v, list(zip(r.tasks, r.probabilities)))
-                for text, c, r, v in zip(run(), chosen, routes, versions_used)]
+                for text, c, r, v in zip(run(on_text), chosen, routes, versions_used)]
 
     def _chat_layout(self, info: TaskInfo) -> bool:
         """Whether the task's module was trained on prompts in the chat layout (its objective says)."""

@@ -176,17 +176,17 @@ def build_app(bank, config: ServeConfig | None = None) -> FastAPI:
 
     async def _stream(model: str, key: tuple, item: tuple, chat: bool) -> AsyncIterator[bytes]:
         """One prompt's tokens as they are generated: the text in OpenAI chunks, then a last chunk with
-        the finish reason and which module answered, then [DONE]. A stream runs in a batch of its own."""
-        from transformers import TextIteratorStreamer
-
-        streamer = TextIteratorStreamer(bank.base.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=STREAM_TIMEOUT)
-        job = asyncio.ensure_future(batcher.submit(("stream", id(streamer), *key[1:]), [(*item, streamer)]))
-        job.add_done_callback(lambda done: streamer.end() if done.exception() is not None else None)
+        the finish reason and which module answered, then [DONE]. Streams with the same settings share
+        batches like any other request; each row's pieces go to its own client's queue."""
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue = asyncio.Queue()
+        sink = lambda piece: loop.call_soon_threadsafe(pieces.put_nowait, piece)  # noqa: E731 (the worker thread's side)
+        job = asyncio.ensure_future(batcher.submit(("stream", *key[1:]), [(*item, sink)]))
+        job.add_done_callback(lambda _: pieces.put_nowait(None))
         head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}",
                 "object": "chat.completion.chunk" if chat else "text_completion", "created": int(time.time()), "model": model}
-        pieces = iter(streamer)
         first = True
-        while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
+        while (piece := await asyncio.wait_for(pieces.get(), STREAM_TIMEOUT)) is not None:
             if piece:
                 delta = {"delta": {**({"role": "assistant"} if first else {}), "content": piece}} if chat else {"text": piece, "logprobs": None}
                 first = False
@@ -271,8 +271,8 @@ def _run(bank, key: tuple, items: list) -> list:
                                "rendered": [item[1] is not None for item in items]}  # chat items are already in the chat layout
     if temperature > 0:
         options["temperature"] = temperature
-    if key[0] == "stream":
-        options["streamer"] = items[0][2]
+    if key[0] == "stream":  # each item's sink receives its row's pieces as they are generated
+        options["on_text"] = lambda row, piece: items[row][2](piece)
     return bank.generate(prompts, task=task, base_only=mode == "base", **options)
 
 

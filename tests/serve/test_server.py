@@ -174,6 +174,27 @@ def test_stream_events_are_openai_chunks(causal_server):
     assert "".join(c["choices"][0]["text"] for c in chunks) == whole  # tokens as generated add up to the answer
 
 
+def test_concurrent_streams_share_batches_and_each_gets_its_own_text(causal_server):
+    auth = {"Authorization": "Bearer s3cret-key"}
+    prompts = ["abc fed cab", "ghi jkl ihg", "fed cab abc bad", "jkl ihg ghi", "cab bad", "ihg jig", "bad fade", "gig hij"]
+
+    def streamed(prompt):
+        response = causal_server.post("/v1/completions", {"model": "auto", "prompt": prompt, "max_tokens": 8,
+                                                          "temperature": 0, "stream": True}, headers=auth)
+        chunks = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: {")]
+        return "".join(c["choices"][0]["text"] for c in chunks), chunks[-1]["model"]
+
+    before = causal_server.get("/healthz").json()
+    with concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
+        streams = list(pool.map(streamed, prompts))
+    after = causal_server.get("/healthz").json()
+    assert after["batches"] - before["batches"] < after["requests"] - before["requests"] == len(prompts)  # shared batches
+    for prompt, (text, model) in zip(prompts, streams):  # every client got its own row's text, whole and in order
+        alone = causal_server.post("/v1/completions", {"model": "auto", "prompt": prompt, "max_tokens": 8, "temperature": 0},
+                                   headers=auth).json()
+        assert (text, model) == (alone["choices"][0]["text"], alone["model"]), prompt
+
+
 def test_import_a_plain_peft_lora_and_serve_it(causal_template, tmp_path, tiny_llama):
     """An adapter trained by plain PEFT (not by the bank) is imported, routed, verified and merged like a
     trained module; adapters that do not fit are refused in one line and leave the bank unchanged."""
