@@ -11,7 +11,7 @@ request routed to the new task is reported.
 causal: SmolLM2-135M with 4 domain modules (scitldr abstracts, federalist papers, tinyshakespeare,
 Banking77 questions as text); 64 chat requests (max_tokens 32, greedy) from 8 concurrent clients against
 the same requests one at a time: generated tokens/s (non-streamed requests), then the same requests
-with `stream: true`: time to the first content chunk. A streamed request runs in a batch of its own.
+with `stream: true`: time to the first content chunk. Concurrent streams share batches.
 --quick: 4 CLINC tasks, 300 requests, 16 chat requests (the same keys).
 """
 
