@@ -52,6 +52,6 @@ def test_prompt_tuning_end_to_end(tmp_path):
     predictions = bank.predict(texts)
     accuracy = sum(p.label == g for p, g in zip(predictions, gold)) / len(gold)
     assert accuracy >= 0.9, accuracy
-    home = bank.task("home").path  # the module is tiny; router statistics carry a 1152 x 1152 fp16 covariance
+    home = bank.task("home").path  # the module is tiny; router statistics carry a 1152 x 1152 covariance (int8 correlations)
     assert (home / "adapter_model.safetensors").stat().st_size + (home / "head.safetensors").stat().st_size < 64 * 1024
-    assert (home / "router.safetensors").stat().st_size < 3 * 1024 * 1024
+    assert (home / "router.safetensors").stat().st_size < 1024 * 1024

@@ -86,3 +86,25 @@ def test_index_is_saved_reused_extended_and_rebuilt(tmp_path):
     assert removed.task_names == ["a", "c"] and removed.route(query, ood_quantile=0)[0].tasks == ["c"]
     (tmp_path / INDEX_FILE).write_bytes(b"garbage")  # a damaged index is rebuilt, never trusted
     assert sync_index(tmp_path, tasks, 3).task_names == ["a", "b", "c"]
+
+
+def test_router_files_keep_the_covariance_in_under_a_megabyte_and_old_files_still_load(tmp_path):
+    from safetensors.torch import save_file
+
+    from adapterbank.routing.statistics import CORRELATION_STEPS, ROUTER_FILE, load_statistics
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 1152, generator=g) @ torch.randn(1152, 1152, generator=g) * 0.05  # MiniLM's feature width
+    targets = [i % 10 for i in range(400)]
+    stats = class_statistics(x, targets, 10)
+    save_statistics(tmp_path, stats)
+    assert (tmp_path / ROUTER_FILE).stat().st_size < 1024 * 1024  # 2.65 MB as a full fp16 matrix
+    assert torch.equal(load_statistics(tmp_path)["covariance"], stats["covariance"])  # rounded alike in memory and on disk
+    centred = x - stats["means"][torch.tensor(targets)]
+    exact = centred.T @ centred / len(x)
+    scale = exact.diagonal().sqrt()
+    error = (stats["covariance"] - exact).abs() / (scale[:, None] * scale[None, :])
+    assert error.max() <= 0.5 / CORRELATION_STEPS + 1e-4 and torch.allclose(stats["covariance"].diagonal(), exact.diagonal(), rtol=1e-5)
+    old = {k: v for k, v in stats.items() if k != "covariance"}
+    save_file({**old, "covariance": exact.half()}, str(tmp_path / ROUTER_FILE))  # a file written before compact storage
+    assert torch.equal(load_statistics(tmp_path)["covariance"], exact.half())
