@@ -3,8 +3,8 @@
 Each folder holds `train.jsonl` and `test.jsonl` (one `{"prompt": ..., "response": ...}` a line) and an `eval.json`
 naming the metric. Three label tasks are answered with the label's name exactly as in the data (CLINC150 travel
 intents, Banking77 restricted to 20 seeded intents, TREC question types; exact match) and one is free form
-(SciTLDR abstracts: write the opening sentence from the rest; ROUGE-L). The numeric prefix of each folder name
-is the learning order. Train examples come from train splits, test examples from test splits (validation is
+(SciTLDR abstracts: write the opening sentence from the sentences that follow it, up to 400 characters;
+ROUGE-L). The numeric prefix of each folder name is the learning order. Train examples come from train splits, test examples from test splits (validation is
 unused), sampled balanced over labels with `random.Random(seed)`: the same seed gives the same files.
 
     python benchmarks/instruction_data.py --out /tmp/instruction-tasks
@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-MAX_ABSTRACT_CHARS = 700  # shorter abstracts only: the free-form task's training cost grows with the prompt
+MAX_CONTEXT_CHARS = 400  # of the abstract after its opening sentence: the free-form task's cost grows with the prompt
 
 
 def _read(path: Path) -> list[dict]:
@@ -62,10 +62,15 @@ def _opening_sentence_task(train: int, test: int, rng: random.Random) -> dict[st
         for row in rows:
             text = " ".join(row["text"].split())
             sentences = re.split(r"(?<=\.)\s+(?=[A-Z])", text)  # ". " followed by a capital: a sentence boundary
-            if len(sentences) < 3 or len(text) > MAX_ABSTRACT_CHARS or len(sentences[0]) > 220:
+            if len(sentences) < 3 or len(sentences[0]) > 220:
                 continue
-            examples.append({"prompt": "Write the opening sentence of the abstract that continues as follows.\n"
-                                       + " ".join(sentences[1:]), "response": sentences[0]})
+            rest = sentences[1]
+            for sentence in sentences[2:]:  # the sentences that follow, up to MAX_CONTEXT_CHARS
+                if len(rest) + 1 + len(sentence) > MAX_CONTEXT_CHARS:
+                    break
+                rest += " " + sentence
+            examples.append({"prompt": "Write the opening sentence of the abstract that continues as follows.\n" + rest,
+                             "response": sentences[0]})
             if len(examples) == cap:
                 break
         splits[split] = examples
@@ -78,7 +83,7 @@ def _write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def build(out_dir: Path, train_per_task: int = 240, test_per_task: int = 40, seed: int = 0) -> list[str]:
+def build(out_dir: Path, train_per_task: int = 200, test_per_task: int = 30, seed: int = 0) -> list[str]:
     """Write the task folders under `out_dir`; returns their names in learning order."""
     rng = random.Random(seed)
     n, m = train_per_task, test_per_task
@@ -105,8 +110,8 @@ def build(out_dir: Path, train_per_task: int = 240, test_per_task: int = 40, see
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Build the continual-instruction benchmark's task folders.")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--train-per-task", type=int, default=240)
-    parser.add_argument("--test-per-task", type=int, default=40)
+    parser.add_argument("--train-per-task", type=int, default=200)
+    parser.add_argument("--test-per-task", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     print(json.dumps(build(args.out, args.train_per_task, args.test_per_task, args.seed)))
