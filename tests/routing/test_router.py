@@ -91,7 +91,7 @@ def test_index_is_saved_reused_extended_and_rebuilt(tmp_path):
 def test_router_files_keep_the_covariance_in_under_a_megabyte_and_old_files_still_load(tmp_path):
     from safetensors.torch import save_file
 
-    from adapterbank.routing.statistics import CORRELATION_STEPS, ROUTER_FILE, load_statistics
+    from adapterbank.routing.statistics import ROUTER_FILE, load_statistics
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(400, 1152, generator=g) @ torch.randn(1152, 1152, generator=g) * 0.05  # MiniLM's feature width
@@ -102,9 +102,12 @@ def test_router_files_keep_the_covariance_in_under_a_megabyte_and_old_files_stil
     assert torch.equal(load_statistics(tmp_path)["covariance"], stats["covariance"])  # rounded alike in memory and on disk
     centred = x - stats["means"][torch.tensor(targets)]
     exact = centred.T @ centred / len(x)
-    scale = exact.diagonal().sqrt()
-    error = (stats["covariance"] - exact).abs() / (scale[:, None] * scale[None, :])
-    assert error.max() <= 0.5 / CORRELATION_STEPS + 1e-4 and torch.allclose(stats["covariance"].diagonal(), exact.diagonal(), rtol=1e-5)
-    old = {k: v for k, v in stats.items() if k != "covariance"}
+    assert (stats["covariance"] - exact).norm() / exact.norm() < 0.02  # int8 rounding of the factor only (rank 390)
+    values = torch.linalg.eigvalsh(stats["covariance"].double())
+    assert values.min() > -1e-6 * values.max()  # positive semi-definite, whatever the rounding
+    big = torch.randn(3000, 1152, generator=g)  # full rank: the spectrum beyond the stored factor is spread evenly
+    wide = class_statistics(big, [i % 10 for i in range(3000)], 10)["covariance"]
+    assert abs(wide.trace() - (big - big.mean(0)).pow(2).sum() / 3000) < 0.05 * wide.trace()
+    old = {k: v for k, v in stats.items() if not k.startswith("covariance")}
     save_file({**old, "covariance": exact.half()}, str(tmp_path / ROUTER_FILE))  # a file written before compact storage
     assert torch.equal(load_statistics(tmp_path)["covariance"], exact.half())
