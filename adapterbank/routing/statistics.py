@@ -51,7 +51,7 @@ def pack_covariance(covariance: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     F = the top-k eigenvectors times the square roots of their eigenvalues, the rest of the spectrum's mass
     spread evenly. A factor keeps the matrix positive semi-definite whatever the rounding (int8 rounding of
     the matrix itself does not, and broke the router on small tasks)."""
-    values, vectors = torch.linalg.eigh(covariance.double())
+    values, vectors = torch.linalg.eigh(covariance.float())  # fp32: half the time of fp64, ample for a rounded factor
     values, vectors = values.flip(0).clamp_min(0), vectors.flip(1)
     k = min(FACTOR_RANK, int((values > values[0] * 1e-7).sum()) if len(values) else 0)
     factor = (vectors[:, :k] * values[:k].sqrt()).float()
