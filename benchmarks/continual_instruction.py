@@ -86,6 +86,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="generation batch size")
     parser.add_argument("--speed-epochs", type=int, default=2,
                         help="epochs of the SFT speed comparison (ours and TRL's, same data, LoRA, batch size and lr)")
+    parser.add_argument("--bank-only", action="store_true",
+                        help="the bank's own matrix only: no baselines, no speed comparisons (a rerun after a router change)")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     work = Path(tempfile.mkdtemp(prefix="continual-instruction-"))
@@ -99,8 +101,17 @@ def main() -> None:
         build(data, train_per_task=train, test_per_task=test, seed=0)
     started = time.perf_counter()
     tasks = load_instruction_tasks(data)
-    results = instruction_protocol.run(tasks, out, seed=0, device="cpu", progress=False, batch_size=args.batch_size)
+    results = instruction_protocol.run(tasks, out, seed=0, device="cpu", progress=False, batch_size=args.batch_size,
+                                       **({"baselines": ()} if args.bank_only else {}))
     report.write(results, out)
+    bank_fields = {"routed_aa": results["average_accuracy"], "oracle_aa": results["oracle_accuracy"], "bwt": results["bwt"],
+                   "fwt": results["fwt"], "forgetting": results["forgetting"], "routing_accuracy": results["routing_accuracy"],
+                   "accuracy_matrix": results["accuracy_matrix"], "oracle_per_task": results["oracle_per_task"],
+                   "tasks": results["task_names"], "task_metrics": results["task_metrics"], "config": results["config"],
+                   "wall_s": results["wall_s"], "report": str(out / "report.md")}
+    if args.bank_only:
+        print(json.dumps({**bank_fields, "total_wall_s": round(time.perf_counter() - started, 1)}, indent=2))
+        return
     from adapterbank import AdapterBank
 
     bank = AdapterBank.open(out / "bank", device="cpu")
@@ -111,18 +122,11 @@ def main() -> None:
                          lr=sft["hyperparameters"]["lr"])
     baselines = results["baselines"]
     print(json.dumps({
-        "routed_aa": results["average_accuracy"], "oracle_aa": results["oracle_accuracy"], "bwt": results["bwt"],
-        "fwt": results["fwt"], "forgetting": results["forgetting"], "routing_accuracy": results["routing_accuracy"],
-        "joint_aa": baselines["joint"]["average_accuracy"], "seqlora_aa": baselines["seqlora"]["average_accuracy"],
-        "seqlora_bwt": baselines["seqlora"]["bwt"], "base_aa": baselines["base"]["average_accuracy"],
-        **speed, **training,
-        "accuracy_matrix": results["accuracy_matrix"], "seqlora_matrix": baselines["seqlora"]["accuracy_matrix"],
-        "oracle_per_task": results["oracle_per_task"], "joint_per_task": baselines["joint"]["per_task_accuracy"],
-        "base_per_task": baselines["base"]["per_task_accuracy"], "tasks": results["task_names"],
-        "task_metrics": results["task_metrics"], "config": results["config"], "wall_s": results["wall_s"],
-        "total_wall_s": round(time.perf_counter() - started, 1), "report": str(out / "report.md"),
+        **bank_fields, "joint_aa": baselines["joint"]["average_accuracy"], "seqlora_aa": baselines["seqlora"]["average_accuracy"],
+        "seqlora_bwt": baselines["seqlora"]["bwt"], "base_aa": baselines["base"]["average_accuracy"], **speed, **training,
+        "seqlora_matrix": baselines["seqlora"]["accuracy_matrix"], "joint_per_task": baselines["joint"]["per_task_accuracy"],
+        "base_per_task": baselines["base"]["per_task_accuracy"], "total_wall_s": round(time.perf_counter() - started, 1),
     }, indent=2))
-
 
 if __name__ == "__main__":
     main()
