@@ -207,23 +207,15 @@ class CausalBank(AdapterBank, family="causal"):
         A prompt routed to an instruction (`sft`) module is put in the chat layout that module was trained
         on (one user turn); a domain (`clm`) module and the base continue the prompt as written.
 
-        Args:
-            prompts: the prompts (a single string is one prompt).
-            max_new_tokens: tokens to generate per prompt.
-            task: skip routing, every prompt uses this task's module.
-            method, ood_quantile: router method and out-of-scope threshold (default from bank.json); a
-                prompt no task matches is continued by the current base alone.
-            do_sample, temperature, top_p, seed: sampling instead of greedy decoding.
-            batch_size: prompts per generation batch (rows of one batch may use different modules).
-            progress: show a progress bar over the batches.
-            route_texts: route on these texts instead of the prompts (one per prompt).
-            base_only: no module at all: every prompt is continued by the current base.
-            on_text: called as `on_text(prompt index, piece)` from the generating thread with each prompt's
-                text as it is generated (the pieces add up to the returned text); what a server needs to
-                stream the rows of one batch to different clients.
-            stream: return an iterator of generation.Piece (prompt index, text) as the text is generated,
-                for any number of prompts, instead of the finished list.
-            rendered: the prompts are already in the chat layout (what `chat` passes); one flag, or one per prompt.
+        Args: `prompts` (a string is one prompt); `task` skips routing (every prompt uses its module);
+            `method`, `ood_quantile`: router method and out-of-scope threshold (default from bank.json), a
+            prompt no task matches goes to the current base; `do_sample`, `temperature`, `top_p`, `seed`:
+            sampling instead of greedy; `batch_size`: prompts per batch (rows may use different modules);
+            `route_texts`: route on these instead of the prompts; `base_only`: no module at all;
+            `on_text(prompt index, piece)`: called from the generating thread with each prompt's text as it
+            is generated (how a server streams the rows of one batch to different clients); `stream`: return
+            an iterator of generation.Piece instead of the finished list; `rendered`: the prompts are already
+            in the chat layout (one flag, or one per prompt).
 
         Returns generation.Generation objects (text, task, probability, base version, candidates), or with
         `stream=True` an iterator of Piece.
@@ -318,7 +310,8 @@ class CausalBank(AdapterBank, family="causal"):
     # -- merging and export ---------------------------------------------------------------------
     def merge(self, tasks: Sequence[str], method: str = "linear", weights: Sequence[float] | None = None,
               density: float | None = None, seed: int = 0, retarget: bool = False, svd_rank: int | None = None) -> dict:
-        """Merge modules into the current base, creating and selecting the next base version.
+        """Merge modules into the current base, creating and selecting the next base version; returns
+        its bank.json record (without file checksums).
 
         Args:
             tasks: the modules to merge (their kind must fold into weights as dense updates: LoRA).
@@ -329,15 +322,13 @@ class CausalBank(AdapterBank, family="causal"):
             retarget: also merge modules trained on an older base version (their updates land on
                 weights they were not trained against).
             svd_rank: svd: the rank the summed update is truncated to (default: the largest module rank).
-
-        Returns the new version's bank.json record (without file checksums).
         """
         import copy
 
         from ..core.models import fingerprint_model, save_checkpoint
         from ..kinds import get_kind
         from ..settings import MAX_SEED, check_number
-        from .merging import merge_into, method_options
+        from .merging import check_mergeable, merge_into, method_options
 
         tasks = list(dict.fromkeys(tasks))
         if not tasks:
@@ -351,18 +342,8 @@ class CausalBank(AdapterBank, family="causal"):
         weights = list(weights) if weights is not None else [1.0] * len(tasks)
         version = self.current_base_version
         infos = [self.task(name) for name in tasks]
-        contained = self.merged_modules()
+        check_mergeable(infos, version, self.merged_modules(), retarget)
         for info in infos:
-            if info.record.get("id") in contained:
-                raise AdapterBankError(f"task {info.name!r} is already in the current base {version} (merged into "
-                                       f"{contained[info.record['id']]}): merging it again would add its update twice")
-            if info.kind is None or not get_kind(info.kind).dense_deltas:
-                raise AdapterBankError(f"task {info.name!r} is a {info.kind or 'router-only'} task: only modules whose "
-                                       "update is a dense weight change (LoRA) merge into the base")
-            trained_on = info.record["base"]["version"]
-            if trained_on != version and not retarget:
-                raise BaseMismatchError(f"task {info.name!r} was trained on base {trained_on}, the current base is {version}: "
-                                        "retrain it on the current base (add-task) or pass --retarget to merge it anyway")
             self._check_task(info.name, info)
         base = self.base_at(version)
         model = copy.deepcopy(base.model)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from ..errors import AdapterBankError
+from ..errors import AdapterBankError, BaseMismatchError
 from ..settings import check, setting
 
 if TYPE_CHECKING:
@@ -137,3 +137,21 @@ def merge_into(model: "torch.nn.Module", modules: Sequence[dict[str, "torch.Tens
     finally:
         torch.random.set_rng_state(generator_state)
     return len(names)
+
+
+def check_mergeable(infos: Sequence, version: str, contained: dict[str, str], retarget: bool) -> None:
+    """Refuse a module already in the current base (`contained`: module id -> version it went into), one
+    whose update is not a dense weight change, or one trained on another version unless `retarget`."""
+    from ..kinds import get_kind
+
+    for info in infos:
+        if info.record.get("id") in contained:
+            raise AdapterBankError(f"task {info.name!r} is already in the current base {version} (merged into "
+                                   f"{contained[info.record['id']]}): merging it again would add its update twice")
+        if info.kind is None or not get_kind(info.kind).dense_deltas:
+            raise AdapterBankError(f"task {info.name!r} is a {info.kind or 'router-only'} task: only modules whose "
+                                   "update is a dense weight change (LoRA) merge into the base")
+        trained_on = info.record["base"]["version"]
+        if trained_on != version and not retarget:
+            raise BaseMismatchError(f"task {info.name!r} was trained on base {trained_on}, the current base is {version}: "
+                                    "retrain it on the current base (add-task) or pass --retarget to merge it anyway")
