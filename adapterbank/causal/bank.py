@@ -303,8 +303,7 @@ class CausalBank(AdapterBank, family="causal"):
         applied when it has one, else plain `role: content` lines. `options`: as for `generate`."""
         from .chat import chat_prompt
 
-        tokenizer = self.base.tokenizer
-        pairs = [chat_prompt(tokenizer, messages, i + 1) for i, messages in enumerate(conversations)]
+        pairs = [chat_prompt(self.base.tokenizer, messages, i + 1) for i, messages in enumerate(conversations)]
         return self.generate([p for p, _ in pairs], route_texts=[u for _, u in pairs], rendered=True, **options)
 
     # -- merging and export ---------------------------------------------------------------------
