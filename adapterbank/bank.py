@@ -188,12 +188,15 @@ class AdapterBank:
         if self.registry.read_tasks() and (self.path / INDEX_FILE).exists():
             self._save_index()
 
-    def import_adapter(self, name: str, adapter: str | os.PathLike, examples, force_base: bool = False) -> TaskInfo:
+    def import_adapter(self, name: str, adapter: str | os.PathLike, examples, force_base: bool = False,
+                       labels: Sequence[str] | None = None) -> TaskInfo:
         """Add a PEFT adapter trained elsewhere as task `name` (see importing.py): it must fit the base;
-        `examples` (prompts or texts, a file or a list) give its router statistics."""
+        `examples` give its router statistics (prompts or texts; labelled texts for a classification bank,
+        whose adapter brings its head: `labels` names its outputs when the folder has no labels.json)."""
         from .importing import import_adapter
 
-        return import_adapter(self, name, adapter, examples, force_base=force_base)
+        return import_adapter(self, name, adapter, examples, force_base=force_base,
+                              labels=list(labels) if labels is not None else None)
 
     def verify(self) -> VerifyReport:
         """Every file of the bank against its recorded checksum (see store/verify.py)."""

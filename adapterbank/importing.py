@@ -3,8 +3,9 @@
 The adapter must fit the bank's base: safetensors only, a PEFT type one of the bank's kinds declares,
 every target module present in the base, every tensor of the shape the base gives it; the base model
 it names must be the bank's (refused unless `force_base`, for a user who knows the weights match).
-Router statistics come from example inputs (prompts or texts), as add-task computes them from training
-data. The task is then written, checksummed and listed exactly like a trained one.
+Router statistics come from example inputs (prompts, or labelled texts for a classification bank), as
+add-task computes them from training data. The task is then written, checksummed and listed exactly like
+a trained one. Classification adapters bring their head: see classify/importing.py.
 """
 
 from __future__ import annotations
@@ -94,40 +95,63 @@ def base_names(bank) -> set[str]:
     return {n.rstrip("/") for n in names}
 
 
-def import_adapter(bank, name: str, adapter: str | os.PathLike, examples, force_base: bool = False, progress: bool = False):
-    """Add the PEFT adapter at `adapter` as task `name`, routed by statistics of `examples` (a file of
-    prompts/texts: .jsonl/.csv with `text`, or .txt; or a list of strings)."""
-    from . import faults
-    from .routing.statistics import class_statistics, save_statistics
-
-    bank.registry.ensure_new_name(name)
-    if bank.family != "causal":
-        raise AdapterBankError("import needs a causal-LM bank for now: a classification task needs its head and labels in "
-                               "the bank's top-layer layout, which an adapter trained elsewhere does not have")
-    directory, config = read_adapter(adapter)
-    kind = kind_of(config, bank.family, directory)
-    texts, source = as_corpus(examples)
-    if len(texts) < MIN_EXAMPLES:
-        raise DataError(f"{source}: {len(texts)} example input(s); the router needs at least {MIN_EXAMPLES} to learn "
-                        "where this adapter's requests come from")
-    named = str(config.get("base_model_name_or_path") or "").rstrip("/")
-    if named not in base_names(bank) and not force_base:
-        raise BaseMismatchError(f"{directory / ADAPTER_CONFIG}: trained on base {named or '(not named)'!r}, this bank's "
-                                f"base is {bank.base_id!r}; pass --force-base if the weights are the same")
-    base = bank.base
-    check_fits(base.model, directory, config)
-    features = bank._router_features(texts, {})
-    stats = class_statistics(features, [0] * len(features), 1)
-    record = {
+def imported_record(bank, kind, config: dict, directory: Path, named: str, examples: int, source: str, **extra) -> dict:
+    """The task record of an imported module (what both families store)."""
+    return {
         "objective": "imported", "kind": kind.name, "labels": [],
-        "base": {"id": bank.base_id, "fingerprint": base.fingerprint,
+        "base": {"id": bank.base_id, "fingerprint": bank.base.fingerprint,
                  **({"version": bank.current_base_version} if hasattr(bank, "current_base_version") else {})},
         "hyperparameters": {"rank": config.get("r"), "lora_alpha": config.get("lora_alpha"),
                             "target_modules": config.get("target_modules")},
         "imported": {"from": str(directory.resolve()), "base_model_name_or_path": named, "forced_base": named not in base_names(bank)},
-        "data": {"router_examples": len(texts), "router_source": source},
+        "data": {"router_examples": examples, "router_source": source},
         "metrics": {},
+        **extra,
     }
+
+
+# Each family brings an adapter in its own way: a causal module as it is, a classification module with its head
+# and labels converted to the bank's top-layer layout (classify/importing.py). module:function, imported on use.
+IMPORTERS = {"causal": "adapterbank.importing:import_causal", "classifier": "adapterbank.classify.importing:import_classifier"}
+
+
+def import_adapter(bank, name: str, adapter: str | os.PathLike, examples, force_base: bool = False,
+                   labels: list[str] | None = None):
+    """Add the PEFT adapter at `adapter` as task `name`, routed by statistics of `examples`: for a causal
+    bank a file of prompts/texts (.jsonl/.csv with `text`, or .txt) or a list of strings; for a
+    classification bank labelled texts, as add-task reads them. `labels`: a classification adapter's
+    label names in its classifier's output order (when the folder has no labels.json)."""
+    import importlib
+
+    bank.registry.ensure_new_name(name)
+    directory, config = read_adapter(adapter)
+    kind = kind_of(config, bank.family, directory)
+    named = str(config.get("base_model_name_or_path") or "").rstrip("/")
+    if named not in base_names(bank) and not force_base:
+        raise BaseMismatchError(f"{directory / ADAPTER_CONFIG}: trained on base {named or '(not named)'!r}, this bank's "
+                                f"base is {bank.base_id!r}; pass --force-base if the weights are the same")
+    if labels is not None and bank.family != "classifier":
+        raise AdapterBankError("--labels names a classification adapter's outputs; this is a causal-LM bank")
+    module, function = IMPORTERS[bank.family].split(":")
+    return getattr(importlib.import_module(module), function)(bank, name, directory, config, kind, examples, named, labels)
+
+
+def check_examples(count: int, source: str) -> None:
+    if count < MIN_EXAMPLES:
+        raise DataError(f"{source}: {count} example input(s); the router needs at least {MIN_EXAMPLES} to learn "
+                        "where this adapter's requests come from")
+
+
+def import_causal(bank, name: str, directory: Path, config: dict, kind, examples, named: str, _labels=None):
+    """A LoRA or prompt-tuning adapter of the causal base, copied as it is; routed by its example prompts."""
+    from . import faults
+    from .routing.statistics import class_statistics, save_statistics
+
+    texts, source = as_corpus(examples)
+    check_examples(len(texts), source)
+    check_fits(bank.base.model, directory, config)
+    stats = class_statistics(bank._router_features(texts, {}), [0] * len(texts), 1)
+    record = imported_record(bank, kind, config, directory, named, len(texts), source)
     with bank.registry.stage_task(name, record) as staging:
         shutil.copyfile(directory / ADAPTER_WEIGHTS, staging / ADAPTER_WEIGHTS)
         (staging / ADAPTER_CONFIG).write_text(json.dumps({**config, "base_model_name_or_path": bank.base_id}, indent=2) + "\n",
@@ -136,4 +160,3 @@ def import_adapter(bank, name: str, adapter: str | os.PathLike, examples, force_
         save_statistics(staging, stats)
     bank._save_index()
     return bank.task(name)
-

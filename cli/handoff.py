@@ -48,15 +48,22 @@ def import_(
     bank: Path = BankArg,
     name: str = typer.Argument(..., help="Task name for the imported module."),
     adapter: Path = typer.Option(..., "--adapter", help="A PEFT adapter folder (adapter_config.json + adapter_model.safetensors)."),
-    examples: Path = typer.Option(..., "--examples", help="Example inputs the adapter should answer (.jsonl/.csv with 'text', or .txt, one per line; at least 8): the router learns from them."),
+    examples: Path = typer.Option(..., "--examples", help="What the adapter should answer, at least 8: for a causal bank prompts (.jsonl/.csv with 'text', or .txt, one per line); for a classification bank labelled texts (.jsonl/.csv with 'text' and 'label', every label present). The router learns from them."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="Classification banks: the adapter's label names, comma-separated, in the order of its classifier's outputs (needed when the folder has no labels.json)."),
     force_base: bool = typer.Option(False, "--force-base", help="Accept an adapter whose config names another base model (you know the weights are the same)."),
     device: str = DeviceOpt,
 ) -> None:
-    """Bring an existing PEFT adapter (LoRA) into a causal-LM bank as a routed task: checked against the
-    base (target modules, tensor shapes, base name), written and checksummed like a trained module."""
-    info = open_bank(bank, device).import_adapter(name, adapter, examples, force_base=force_base)
+    """Bring an existing PEFT adapter into a bank as a routed task, checked against the base (target
+    modules, tensor shapes, base name) and written and checksummed like a trained module. Causal banks:
+    LoRA or prompt tuning. Classification banks: a plain PEFT SEQ_CLS run on a BERT classifier (LoRA or
+    IA3 on the bank's upper layers, classifier saved through modules_to_save), or a module another bank
+    exported with --peft."""
+    names = [part.strip() for part in labels.split(",")] if labels is not None else None
+    info = open_bank(bank, device).import_adapter(name, adapter, examples, force_base=force_base, labels=names)
+    accuracy = info.record["metrics"].get("examples_accuracy")
     typer.echo(f"imported {info.name}: {info.kind} from {info.record['imported']['from']}, routed by "
-               f"{info.record['data']['router_examples']} example inputs")
+               f"{info.record['data']['router_examples']} example inputs"
+               + (f"; {len(info.labels)} labels, accuracy on the examples {accuracy:.3f}" if accuracy is not None else ""))
 
 
 @app.command()

@@ -2,8 +2,8 @@
 
 `adapterbank export BANK --task T --out DIR` writes the encoder with the module merged in (or, with
 `--peft`, the module as a PEFT directory naming its base) plus `head.safetensors` and `labels.json`.
-The head is a cosine classifier over mean-pooled last hidden states, which no stock transformers head
-computes, so this small loader is the one piece of adapterbank such a directory needs.
+The head is usually a cosine classifier over mean-pooled last hidden states (classify/heads.py), which no
+stock transformers head computes, so this small loader is the one piece of adapterbank such a directory needs.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ class ExportedClassifier:
 
     model: Any  # torch.nn.Module (torch is imported when a classifier is loaded, not with adapterbank)
     tokenizer: Any
-    head: Any  # heads.CosineHead
+    head: Any  # a heads.Head
     labels: list[str]
     max_length: int
     skip: int = 0  # leading positions that are not the text's (a prompt-tuning module's virtual tokens)
@@ -31,7 +31,7 @@ class ExportedClassifier:
     def predict(self, texts: list[str], batch_size: int = 64) -> list[tuple[str, float]]:
         import torch
 
-        from ..core.encoding import mean_pool
+        from .heads import pooled
 
         answers = []
         for start in range(0, len(texts), batch_size):
@@ -39,7 +39,7 @@ class ExportedClassifier:
                                    max_length=self.max_length, return_tensors="pt")
             with torch.no_grad():
                 hidden = self.model(**batch).last_hidden_state[:, self.skip:]
-                probabilities = self.head(mean_pool(hidden, batch["attention_mask"])).softmax(-1)
+                probabilities = self.head.read(pooled(hidden, batch["attention_mask"])).softmax(-1)
             best = probabilities.max(-1)
             answers += [(self.labels[i], round(p, 6)) for p, i in zip(best.values.tolist(), best.indices.tolist())]
         return answers
@@ -50,13 +50,13 @@ def load_classifier(directory: str | os.PathLike) -> ExportedClassifier:
     path its adapter_config.json names, which for the packaged MiniLM is the package's own folder)."""
     from transformers import AutoModel, AutoTokenizer
 
-    from .heads import LABELS_FILE, CosineHead
+    from .heads import LABELS_FILE, load_head
 
     directory = Path(directory)
     if not (directory / LABELS_FILE).is_file():
         raise AdapterBankError(f"{directory}: no {LABELS_FILE}: export a task with `adapterbank export BANK --task NAME`")
     meta = json.loads((directory / LABELS_FILE).read_text(encoding="utf-8"))
-    head = CosineHead.load(directory)
+    head = load_head(directory)
     if (directory / "adapter_config.json").is_file():
         from peft import PeftModel
 

@@ -19,9 +19,9 @@ from typing import Any, Callable
 import torch
 
 from ..core.backbone import LowerPass, SplitEncoder
-from ..core.encoding import map_batches, mean_pool, tokenize
+from ..core.encoding import map_batches, tokenize
 from ..kinds import Kind, get_kind
-from .heads import CosineHead
+from .heads import Head, load_head, pooled
 
 DEFAULT_CACHE_SIZE = 64
 
@@ -29,7 +29,7 @@ DEFAULT_CACHE_SIZE = 64
 @dataclass
 class LoadedModule:
     kind: Kind
-    head: CosineHead
+    head: Head
     updates: dict[str, Any] = field(default_factory=dict)  # `upper` kinds: linear module path -> tensors
     prefix: torch.Tensor | None = None  # `prefix` kinds: [positions, hidden]
 
@@ -93,7 +93,7 @@ class RoutedModel:
     def load_unnamed(self, task_dir: Path, kind: str) -> LoadedModule:
         """A module read from `task_dir`, not cached (e.g. one still being staged)."""
         task_dir, spec = Path(task_dir), get_kind(kind)
-        head = CosineHead.load(task_dir).to(self.device)
+        head = load_head(task_dir).to(self.device)
         if spec.batching == "upper":
             updates = spec.load_updates(task_dir, set(self.split.upper_indices))
             return LoadedModule(spec, head, updates={k: _to(self.device, v, self.dtype) for k, v in updates.items()})
@@ -107,7 +107,7 @@ class RoutedModel:
     @torch.no_grad()
     def upper_features(self, lower: LowerPass, rows: torch.Tensor,
                        plan: list[tuple[LoadedModule, torch.Tensor, torch.Tensor | None]]) -> torch.Tensor:
-        """Mean-pooled output of the upper layers for `rows` of the lower pass; `plan` says which
+        """Pooled output (heads.pooled) of the upper layers for `rows` of the lower pass; `plan` says which
         module(s) act on which of those rows (positions within `rows`), with optional per-row weights."""
         hidden, mask = lower.hidden[rows], lower.mask[rows]
         device = hidden.device  # the hooks' index_add needs its row indices where the activations are (CUDA)
@@ -117,20 +117,20 @@ class RoutedModel:
             out = self.split.upper(hidden, mask)
         finally:
             self._plan = None
-        return mean_pool(out, mask)
+        return pooled(out, mask)
 
     @torch.no_grad()
     def prefix_features(self, modules: list[LoadedModule], input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Full pass with row i's prefix `modules[i].prefix` before its tokens (PEFT's semantics: prefix
-        first, attention mask of ones over it); mean-pooled over the real tokens. Different tasks'
-        prefixes share one batch."""
+        first, attention mask of ones over it); pooled over the real tokens. Different tasks' prefixes
+        share one batch."""
         prefixes = torch.stack([m.prefix for m in modules])
         embeddings = self.model.get_input_embeddings()(input_ids)
         batch, virtual = input_ids.shape[0], prefixes.shape[1]
         full_mask = torch.cat([torch.ones(batch, virtual, dtype=mask.dtype, device=mask.device), mask], dim=1)
         inputs = torch.cat([prefixes.to(embeddings.dtype), embeddings], dim=1)
         hidden = self.model(inputs_embeds=inputs, attention_mask=full_mask).last_hidden_state
-        return mean_pool(hidden[:, virtual:], mask)
+        return pooled(hidden[:, virtual:], mask)
 
     def features(self, module: LoadedModule, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Every row of a batch through one module."""
@@ -187,7 +187,7 @@ def run_modules(model: RoutedModel, records: dict, routes, lower: LowerPass, inp
         by_task.setdefault(name, []).append(i)
     for name, items in by_task.items():
         with torch.no_grad():
-            probabilities = torch.softmax(modules[name].head(torch.stack([features[i][3] for i in items])), -1).cpu()
+            probabilities = torch.softmax(modules[name].head.read(torch.stack([features[i][3] for i in items])), -1).cpu()
         labels = records[name].labels
         for i, p in zip(items, probabilities):
             row, _, weight, _ = features[i]
@@ -203,7 +203,7 @@ def module_accuracy(model: RoutedModel, tokenizer, task_dir: Path, kind: str, la
     module = model.load_unnamed(task_dir, kind)
 
     def predict(input_ids, mask):
-        return module.head(model.features(module, input_ids, mask)).argmax(-1, keepdim=True)
+        return module.head.read(model.features(module, input_ids, mask)).argmax(-1, keepdim=True)
 
     predicted = map_batches(predict, tokenize(tokenizer, data.texts, max_length), tokenizer, model.device)
     return round(sum(labels[p] == t for p, t in zip(predicted[:, 0].tolist(), data.targets)) / len(data), 6)
