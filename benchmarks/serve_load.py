@@ -5,7 +5,8 @@ in-process API, latency percentiles, errors, and a task added under load. Prints
 
 classification: a bank of 15 CLINC150 tasks (10 intents each, dealt by a seeded shuffle, every training
 text); 2,000 requests of one test text each, from 16 concurrent clients, against the same requests sent
-one at a time and against `bank.predict` on all 2,000 texts in one call. While the concurrent load runs,
+one at a time, against `bank.predict` on all 2,000 texts in one call, and against `bank.predict` in calls
+of 16 texts (the largest batch 16 clients with one request each can make). While the concurrent load runs,
 `adapterbank add-task` adds a Banking77 task (11 intents); the time from the CLI's return to the first
 request routed to the new task is reported.
 causal: SmolLM2-135M with 4 domain modules (scitldr abstracts, federalist papers, tinyshakespeare,
@@ -160,6 +161,10 @@ def classification(args, workdir: Path) -> dict:
     started = time.perf_counter()
     bank.predict(texts)
     in_process = time.perf_counter() - started
+    started = time.perf_counter()  # the most a server can batch with 16 clients of one text each: calls of 16
+    for i in range(0, len(texts), 16):
+        bank.predict(texts[i:i + 16])
+    in_process_16 = time.perf_counter() - started
     banking = load_dataset(args.data / "banking77" / "train.jsonl")
     new_labels = sorted(banking.labels)[:11]
     new_file = workdir / "banking-task.jsonl"
@@ -206,6 +211,8 @@ def classification(args, workdir: Path) -> dict:
             "in_process_texts_per_s": round(len(texts) / in_process, 1),
             "speedup_vs_one_at_a_time": round(concurrent_run["requests_per_s"] / sequential["requests_per_s"], 2),
             "ratio_vs_in_process": round(concurrent_run["requests_per_s"] / (len(texts) / in_process), 3),
+            "in_process_calls_of_16_texts_per_s": round(len(texts) / in_process_16, 1),
+            "ratio_vs_in_process_calls_of_16": round(concurrent_run["requests_per_s"] / (len(texts) / in_process_16), 3),
             "same_labels_concurrent_vs_sequential": agree, "add_task_under_load": added,
             "server_batches": health["batches"], "server_requests": health["requests"]}
 

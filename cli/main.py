@@ -311,6 +311,7 @@ def demo(
 
 
 from . import handoff  # noqa: E402,F401 - registers export, import and serve after the bank commands (help order)
+from . import online  # noqa: E402,F401 - registers learn
 
 
 @app.callback(invoke_without_command=True)

@@ -65,6 +65,7 @@ class ClassifierBank(AdapterBank, family="classifier"):
         self._base_spec = base_override
         self._base: Base | None = None
         self._runner = None  # inference.RoutedModel, built on first use
+        self._pending = None  # (pool file stamp, online.pool.PendingView) of the pending pool last read
 
     @classmethod
     def _create(cls, path: Path, base: str, device: str, router_encoder: str | None) -> "ClassifierBank":
@@ -232,13 +233,14 @@ class ClassifierBank(AdapterBank, family="classifier"):
         check_number("top_labels", top_labels, minimum=0, maximum=MAX_LABELS_PER_TASK * 100, integer=True)
         method, quantile = self._router_settings(method, ood_quantile)
         records = self._records()
+        index, model = self._sync(records) if records else (None, None)
+        records, index = self._with_pending(records, index)
         if not records:
-            raise BankError(f"bank {self.path} has no tasks yet; add one with `adapterbank add-task`")
+            raise BankError(f"bank {self.path} has no tasks yet; add one with `adapterbank add-task` or `adapterbank learn`")
         self._require_task(task, records)
         if not texts:
             return []
-        base = self.base
-        index, model = self._sync(records)
+        base, model = self.base, self._model()
         k = 1 if composition == "top1" else top_k
         token_ids = tokenize(base.tokenizer, texts, _max_length(records))
         results: list[Prediction | None] = [None] * len(texts)
@@ -255,6 +257,37 @@ class ClassifierBank(AdapterBank, family="classifier"):
             for row, (route, mixture) in enumerate(zip(routes, mixtures)):
                 results[batch[row]] = _answer(route, mixture, composition, top_labels)
         return results  # type: ignore[return-value]
+
+    # -- online learning (online/) ---------------------------------------------------------------
+    def learn(self, stream, **options):
+        """Learn from a stream of labelled examples, answering at every moment (online/learner.py): `stream`
+        is a JSON Lines path (resumable), `-` for stdin, or an iterable of rows; options: boundaries
+        ("blurry" | "hard"), on_error ("stop" | "skip"), min_per_label, min_labels, max_pending, flush,
+        progress, and add-task settings for the modules it trains."""
+        from ..online.learner import learn
+
+        return learn(self, stream, **options)
+
+    def purge_pending(self) -> int:
+        """Drop the pending pool and the raw text it holds; returns how many examples it held."""
+        from ..online.learner import purge
+
+        return purge(self)
+
+    def _with_pending(self, records: dict[str, TaskInfo], index):
+        """(records, index) that answer now: the tasks' plus one router-only pseudo-task per pending label."""
+        from ..online.pool import with_pending
+
+        return with_pending(self, records, index)
+
+    def _route(self, records, texts, method, quantile, top_k=SHOWN_CANDIDATES):
+        from ..routing.index import Route
+
+        records, index = self._with_pending(records, self._index(records) if records else None)
+        if not records or not texts:
+            return [Route([], [], in_scope=False) for _ in texts]
+        return index.route(self._router_features(texts, records), top_k=min(top_k, len(records)), method=method,
+                           ood_quantile=quantile)
 
     def _router_features(self, texts: Sequence[str], records: dict[str, TaskInfo]):
         """Mean pools of the base's lower layers (core/backbone.py), texts cut as predict cuts them."""

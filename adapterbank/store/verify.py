@@ -7,10 +7,11 @@ from pathlib import Path
 
 from ..errors import BankError
 from .files import TEMP_PREFIX, is_leftover, read_sealed, writer_alive
+from .pending import POOL_FILE, pending_problem
 from .registry import INDEX_FILE, LOCK, MANIFEST, TASKS, Registry
 from .versions import BASES, unlisted_versions, verify_versions
 
-_ROOT_ENTRIES = {MANIFEST, TASKS, BASES, LOCK, INDEX_FILE}
+_ROOT_ENTRIES = {MANIFEST, TASKS, BASES, LOCK, INDEX_FILE, POOL_FILE}
 
 
 @dataclass
@@ -30,7 +31,7 @@ class VerifyReport:
 
 def verify_bank(path: str | Path) -> VerifyReport:
     """Check a whole bank: bank.json and every task.json against their checksums, every task and base
-    version file against its recorded sha256, and nothing at the bank root, in tasks/ or bases/ that
+    version file against its recorded sha256, the pending pool against its own, and nothing at the bank root, in tasks/ or bases/ that
     the bank does not list (stray files, leftovers of writers that died). Only reads."""
     registry = Registry.open(path, check_manifest=False)  # a failing bank.json is reported, not fatal
     report = VerifyReport(registry.root)
@@ -40,6 +41,9 @@ def verify_bank(path: str | Path) -> VerifyReport:
         report.problems.append(str(exc))
     report.tasks, problems = registry.verify_tasks()
     report.problems += problems + verify_versions(registry)
+    pool = pending_problem(registry.root)
+    if pool is not None:
+        report.problems.append(pool)
     for entry in sorted(registry.root.iterdir()):
         if entry.name not in _ROOT_ENTRIES and not is_leftover(entry):
             report.problems.append(f"{entry}: not part of the bank")
