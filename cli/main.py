@@ -19,6 +19,7 @@ from adapterbank.causal.merging import MERGE_METHODS, MergeParams
 from adapterbank.classify.bank import DEFAULT_BATCH_SIZE, DEFAULT_TOP_K
 from adapterbank.core.models import DEFAULT_BASE, DEFAULT_CAUSAL_BASE
 from adapterbank.data import load_texts
+from adapterbank.evaluation.online_protocol import DEFAULT_POINTS, ONLINE_BASELINES
 from adapterbank.evaluation.protocols import PROTOCOLS
 from adapterbank.kinds import DEFAULT_KIND, KINDS
 from adapterbank.routing.methods import METHODS
@@ -171,13 +172,27 @@ def evaluate(
     baselines: Optional[str] = typer.Option(None, "--baselines", help="Comma-separated baselines to run beside the bank ('' for none). " + " ".join(f"{scenario}: {listing(protocol.baselines)}." for scenario, protocol in {"class/task/domain": PROTOCOLS['class'], "instruction": PROTOCOLS['instruction']}.items()), show_default="all of the scenario's"),
     max_train_per_class: Optional[int] = typer.Option(None, "--max-train-per-class", help="Cap training texts per label (seeded draw)."),
     base: Optional[str] = typer.Option(None, "--base", help="Base model for the fresh bank.", show_default=f"minilm; instruction: {PROTOCOLS['instruction'].default_base}"),
+    online: Optional[str] = typer.Option(None, "--online", help="hard | blurry: instead of whole tasks, a seeded stream from flat data learned with `learn` (hard: tasks one after another; blurry: Si-Blurry's mix), measured at --points positions: A_auc, A_last, forgetting, accuracy_curve.png; baselines ncm (online nearest class mean) and offline (add-task per task)."),
+    points: int = typer.Option(DEFAULT_POINTS, "--points", help="--online: evaluation points, evenly spaced over the stream."),
     device: str = DeviceOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Continual-learning evaluation: add the tasks one by one to a fresh bank, measure after each
-    (accuracy matrix, AA, BWT, FWT, forgetting, routing, oracle) and compare with baselines."""
+    (accuracy matrix, AA, BWT, FWT, forgetting, routing, oracle) and compare with baselines; or with
+    --online, learn a stream and measure along it."""
     from adapterbank.evaluation import report
 
+    if online is not None:
+        from adapterbank.evaluation import online_protocol
+
+        if scenario.value != "class" or task_map is not None or order is not None or max_train_per_class is not None:
+            fail("--online builds its stream from flat data with --tasks; drop --scenario, --task-map, --order and --max-train-per-class")
+        chosen = [b.strip() for b in baselines.split(",") if b.strip()] if baselines is not None else list(ONLINE_BASELINES)
+        online_protocol.run(data_dir, out, online, base or PROTOCOLS['class'].default_base, kind.value, seed, n_tasks, points=points,
+                                      baselines=chosen, device=device, progress=not quiet)
+        typer.echo((out / "report.md").read_text(encoding="utf-8"))
+        typer.echo(f"wrote {out / 'results.json'}, {out / 'report.md'}, {out / 'accuracy_curve.png'}")
+        return
     protocol = PROTOCOLS[scenario.value]
     chosen = [b.strip() for b in baselines.split(",") if b.strip()] if baselines is not None else list(protocol.baselines)
     for name in chosen:
