@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import random
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from peft import get_peft_model
@@ -92,6 +92,7 @@ def train_classifier(
     description: str = "training",
     lower_states: LowerStates | None = None,
     resume: TrainedModule | None = None,
+    penalty: Callable[[torch.nn.Module, torch.nn.Module], torch.Tensor] | None = None,
 ) -> TrainedModule:
     """Fit a fresh module + cosine head; returns them with training metrics (loss, examples/s).
 
@@ -99,6 +100,7 @@ def train_classifier(
     many top layers. `lower_states`: the lower pass over `token_ids` if the caller already ran it.
     `resume`: keep training that module (same config) with its head grown to `n_classes`: the rows it
     has are kept, new classes start at their class means (sequential fine-tuning, a baseline).
+    `penalty(peft_model, head)`: a term added to every step's loss (EWC, a baseline).
     """
     kind = get_kind(config.kind)
     torch.manual_seed(config.seed)
@@ -144,6 +146,8 @@ def train_classifier(
     def step_loss(item):
         epoch, batch = item
         loss = torch.nn.functional.cross_entropy(head(features(batch)), labels[batch])
+        if penalty is not None:
+            loss = loss + penalty(peft_model, head)
         return loss, len(batch), {"epoch": f"{epoch + 1}/{epochs}"}
 
     groups = [{"params": [p for p in peft_model.parameters() if p.requires_grad], "lr": lr, "weight_decay": 0.01},

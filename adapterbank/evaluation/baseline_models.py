@@ -4,6 +4,10 @@ modules of the same kind as the bank's.
 - `joint`: one module trained on every task's data at once (the usual upper bound);
 - `seqlora`: one module fine-tuned through the tasks in order, its head growing with the labels
   (shows catastrophic forgetting; named for its usual kind, LoRA, it follows the run's kind);
+- `replay`: seqlora with experience replay, a bounded, seeded, class-balanced buffer of earlier tasks'
+  examples mixed into each stage's data (the baseline the online-learning literature uses everywhere);
+- `ewc`: seqlora with an online EWC penalty (diagonal empirical Fisher, lambda 1,000) on the module's
+  and head's parameters;
 - `ncm`: the frozen base's mean-pooled embeddings and the nearest class mean (no training at all).
 
 `joint` gives per-task accuracies, the others an accuracy matrix in the same shape as the bank's. Test
@@ -98,12 +102,13 @@ class TestStates:
         return torch.stack(rows)
 
 
-def _train(setting: Setting, data, n_classes: int, description: str, resume: TrainedModule | None = None) -> TrainedModule:
+def _train(setting: Setting, data, n_classes: int, description: str, resume: TrainedModule | None = None,
+           penalty=None) -> TrainedModule:
     base = setting.base
     ids = tokenize(base.tokenizer, data.texts, setting.config.max_length)
     return train_classifier(base.model, base.tokenizer, ids, setting.targets(data), n_classes, setting.config,
                             upper_layers=setting.upper_layers, progress=setting.progress, description=description,
-                            resume=resume)
+                            resume=resume, penalty=penalty)
 
 
 def joint(setting: Setting, test: TestStates) -> list[float]:
@@ -125,6 +130,99 @@ def seqlora(setting: Setting, test: TestStates) -> list[list[float | None]]:
         trained = _train(setting, task.train, setting.seen[i], f"baseline seqlora {i + 1}/{size}", resume=trained)
         for j in range(min(i + 2, size)):
             matrix[i][j] = setting.accuracy(test.logits(trained, j), j, setting.seen[i])
+    return matrix
+
+
+DEFAULT_REPLAY_BUFFER = 1000  # examples of earlier tasks kept for replay (a share of each label's, seeded)
+
+
+def replay(setting: Setting, test: TestStates, buffer_size: int = DEFAULT_REPLAY_BUFFER) -> list[list[float | None]]:
+    """seqlora with experience replay: each stage trains on the task's data plus a bounded, seeded,
+    class-balanced buffer of earlier tasks' examples (the buffer is refilled after every stage)."""
+    import random
+
+    from ..data import Dataset
+
+    size, rng = len(setting.tasks), random.Random(f"replay-{setting.config.seed}")
+    matrix: list[list[float | None]] = [[None] * size for _ in range(size)]
+    trained, buffer = None, []
+    for i, task in enumerate(setting.tasks):
+        data = Dataset(task.train.texts + [t for t, _ in buffer], task.train.targets + [y for _, y in buffer], source=task.name)
+        trained = _train(setting, data, setting.seen[i], f"baseline replay {i + 1}/{size}", resume=trained)
+        for j in range(min(i + 2, size)):
+            matrix[i][j] = setting.accuracy(test.logits(trained, j), j, setting.seen[i])
+        by_label: dict[str, list[tuple[str, str]]] = {}
+        for prior in setting.tasks[: i + 1]:
+            for pair in zip(prior.train.texts, prior.train.targets):
+                by_label.setdefault(pair[1], []).append(pair)
+        per_label = max(1, buffer_size // len(by_label))
+        buffer = [pair for pairs in by_label.values() for pair in rng.sample(pairs, min(per_label, len(pairs)))]
+    return matrix
+
+
+EWC_LAMBDA = 1000.0  # weight of the EWC penalty (Kirkpatrick et al. 2017 use 10^2-10^4 on their tasks)
+
+
+class _EWC:
+    """Online EWC: after each stage, the diagonal empirical Fisher of the module's and head's parameters on
+    that stage's data (squared gradients of per-batch losses) is added up, and the next stages pay
+    lambda/2 * sum F (theta - theta*)^2 for moving them (a head row only once its class exists)."""
+
+    def __init__(self, strength: float):
+        self.strength, self.fisher, self.anchor = strength, {}, {}
+
+    @staticmethod
+    def _parameters(peft_model, head) -> dict[str, torch.Tensor]:
+        named = {f"module.{n}": p for n, p in peft_model.named_parameters() if p.requires_grad}
+        return {**named, **{f"head.{n}": p for n, p in head.named_parameters()}}
+
+    def __call__(self, peft_model, head) -> torch.Tensor:
+        total = None
+        for name, p in self._parameters(peft_model, head).items():
+            if name in self.fisher:
+                old = self.anchor[name]
+                rows = tuple(slice(0, n) for n in old.shape)  # a grown head: only the rows that existed
+                term = (self.fisher[name] * (p[rows] - old) ** 2).sum()
+                total = term if total is None else total + term
+        return 0.5 * self.strength * total if total is not None else torch.zeros(())
+
+    def consolidate(self, setting: Setting, trained: TrainedModule, data) -> None:
+        base, model, head = setting.base, trained.peft_model, trained.head
+        ids = tokenize(base.tokenizer, data.texts, setting.config.max_length)
+        targets = torch.tensor(setting.targets(data), device=setting.device)
+        params = self._parameters(model, head)
+        fisher = {name: torch.zeros_like(p) for name, p in params.items()}
+        batches = length_batches(ids, setting.config.batch_size)
+        for batch in batches:
+            input_ids, mask = collate([ids[i] for i in batch], pad_id_of(base.tokenizer), setting.device)
+            loss = torch.nn.functional.cross_entropy(head(module_features(model, input_ids, mask)), targets[batch])
+            grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+            for (name, _), grad in zip(params.items(), grads):
+                if grad is not None:
+                    fisher[name] += grad.detach() ** 2 / len(batches)
+        for name, p in params.items():
+            old = self.fisher.get(name)
+            if old is not None and old.shape != fisher[name].shape:  # a grown head keeps its earlier rows' Fisher
+                fisher[name][tuple(slice(0, n) for n in old.shape)] += old
+            elif old is not None:
+                fisher[name] += old
+            self.fisher[name], self.anchor[name] = fisher[name], p.detach().clone()
+
+
+def ewc(setting: Setting, test: TestStates, strength: float = EWC_LAMBDA) -> list[list[float | None]]:
+    """seqlora with an (online) EWC penalty on the module's and head's parameters."""
+    size, penalty = len(setting.tasks), _EWC(strength)
+    matrix: list[list[float | None]] = [[None] * size for _ in range(size)]
+    trained = None
+    for i, task in enumerate(setting.tasks):
+        trained = _train(setting, task.train, setting.seen[i], f"baseline ewc {i + 1}/{size}", resume=trained,
+                         penalty=penalty if i else None)
+        for j in range(min(i + 2, size)):
+            matrix[i][j] = setting.accuracy(test.logits(trained, j), j, setting.seen[i])
+        if i + 1 < size:
+            trained.peft_model.train()
+            penalty.consolidate(setting, trained, task.train)
+            trained.peft_model.eval()
     return matrix
 
 

@@ -62,6 +62,18 @@ def _seqlora(shared: Shared) -> dict:
     return _matrix(seqlora(shared.setting, shared.test_states), shared)
 
 
+def _replay(shared: Shared) -> dict:
+    from .baseline_models import replay
+
+    return _matrix(replay(shared.setting, shared.test_states), shared)
+
+
+def _ewc(shared: Shared) -> dict:
+    from .baseline_models import ewc
+
+    return _matrix(ewc(shared.setting, shared.test_states), shared)
+
+
 def _ncm(shared: Shared) -> dict:
     from .baseline_models import ncm
 
@@ -71,5 +83,7 @@ def _ncm(shared: Shared) -> dict:
 BASELINES: dict[str, Baseline] = {b.name: b for b in (
     Baseline("joint", "one module trained on every task at once (the usual upper bound)", _joint),
     Baseline("seqlora", "one module fine-tuned through the tasks in order (catastrophic forgetting)", _seqlora),
+    Baseline("replay", "seqlora plus a bounded, seeded, class-balanced replay buffer of earlier tasks' examples (1,000)", _replay),
+    Baseline("ewc", "seqlora plus an online EWC penalty (diagonal Fisher, lambda 1,000) on what earlier tasks trained", _ewc),
     Baseline("ncm", "frozen embeddings, nearest class mean over the labels seen so far (no training)", _ncm),
 )}

@@ -50,7 +50,7 @@ def _predict_tasks(bank: AdapterBank, tasks: Sequence[TaskData], which: Sequence
 
 
 def run(tasks: list[TaskData], out_dir: Path, scenario: str = "class", base: str = DEFAULT_BASE, kind: str = DEFAULT_KIND,
-        seed: int = 0, baselines: Sequence[str] = ("joint", "seqlora", "ncm"), device: str = "auto",
+        seed: int = 0, baselines: Sequence[str] | None = None, device: str = "auto",
         progress: bool = True, bank_dir: Path | None = None) -> dict:
     """Run the protocol on a fresh bank at `bank_dir` (default `out_dir/bank`, kept for inspection).
     Returns the results (see report.py); the report files are written by `report.write`."""
@@ -60,6 +60,7 @@ def run(tasks: list[TaskData], out_dir: Path, scenario: str = "class", base: str
     from . import baselines as baseline_lib
     from .baseline_models import Setting
 
+    baselines = list(baseline_lib.BASELINES) if baselines is None else baselines  # default: every registered one
     unknown = [b for b in baselines if b not in baseline_lib.BASELINES]
     if unknown:
         raise AdapterBankError(f"unknown baseline {unknown[0]!r}; choose from: {', '.join(baseline_lib.BASELINES)}")

@@ -157,3 +157,22 @@ def test_memory_is_bounded_by_the_pool_not_the_stream(tmp_path, tiny_base):
     bank = AdapterBank.open(tmp_path / "bank-2000", device="cpu")
     summary = bank.learn(write_jsonl(tmp_path / "more.jsonl", new * 2), max_pending=100, epochs=1)
     assert summary.tasks == ["online-001"] and summary.pending < 100
+
+
+def test_a_tampered_pool_is_reported_and_can_be_purged(empty_bank, tmp_path):
+    from adapterbank.errors import IntegrityError
+
+    empty_bank.learn(synthetic_rows("alpha", per_label=4, seed=0))
+    assert empty_bank.verify().ok and empty_bank.predict(["aaaaaa bcd"])[0].task.startswith("pending:")
+    pool = empty_bank.path / "pending.safetensors"
+    data = bytearray(pool.read_bytes())
+    data[-3] ^= 0xFF  # a flipped bit in the features
+    pool.write_bytes(bytes(data))
+    report = empty_bank.verify()
+    assert not report.ok and "pending pool was edited or damaged" in report.problems[0]
+    with pytest.raises(IntegrityError, match="learn BANK --purge"):
+        empty_bank.predict(["aaaaaa bcd"])
+    code, out = invoke("learn", empty_bank.path, "--purge")
+    assert code == 0 and empty_bank.verify().ok
+    code, _ = invoke("learn", empty_bank.path)
+    assert code == 1 and "--stream FILE" in invoke.stderr
