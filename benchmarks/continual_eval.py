@@ -4,6 +4,7 @@ dataset under --out and prints a JSON summary.
 
     python benchmarks/continual_eval.py [--datasets clinc150,banking77] [--out benchmarks/results] [--seed 0]
         [--max-train-per-class N]
+    python benchmarks/continual_eval.py --add-baselines replay,ewc     # only those, merged into the results
 
 Labels are dealt into tasks by the seeded shuffle of `adapterbank eval --tasks T` (the same as
 `adapterbank eval ../shared/data/clinc150 --tasks 15 --out DIR`); the bank lives in a temp dir.
@@ -37,7 +38,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-train-per-class", type=int, default=None)
     parser.add_argument("--progress", action="store_true", help="show progress bars (stderr)")
+    parser.add_argument("--add-baselines", default=None,
+                        help="comma-separated baselines to run alone and add to the existing results in --out "
+                             "(e.g. replay,ewc after they were registered), without re-running the bank")
     args = parser.parse_args()
+    if args.add_baselines:
+        return add_baselines(args)
     summary = {}
     for name in [d.strip() for d in args.datasets.split(",") if d.strip()]:
         if name not in TASK_COUNTS:
@@ -59,6 +65,42 @@ def main() -> None:
         summary[name]["wall_s"] = results["wall_s"]
         summary[name]["run_s"] = round(time.perf_counter() - started, 1)
         summary[name]["report"] = str(args.out / name / report.REPORT_FILE)
+    print(json.dumps(summary, indent=2))
+
+
+def add_baselines(args) -> None:
+    """Run only the named baselines on each dataset's tasks (same seed and split) and merge them into
+    --out/<dataset>/results.json and report.md."""
+    from adapterbank import AdapterBank
+    from adapterbank.classify.config import ClassificationConfig
+    from adapterbank.evaluation import baselines as baseline_lib
+    from adapterbank.evaluation.baseline_models import Setting
+
+    names = [b.strip() for b in args.add_baselines.split(",") if b.strip()]
+    summary = {}
+    for name in [d.strip() for d in args.datasets.split(",") if d.strip()]:
+        path = args.out / name / "results.json"
+        results = json.loads(path.read_text(encoding="utf-8"))
+        tasks = load_scenario(args.data_root / name, "class", n_tasks=TASK_COUNTS[name], seed=args.seed,
+                              max_train_per_class=args.max_train_per_class)
+        if results["tasks"] != [task.labels for task in tasks]:
+            raise SystemExit(f"{path}: its tasks are not this split (another seed or --max-train-per-class?)")
+        workdir = Path(tempfile.mkdtemp(prefix=f"adapterbank-baselines-{name}-"))
+        try:
+            bank = AdapterBank.create(workdir / "bank", device="cpu")
+            config = ClassificationConfig(kind=results["config"]["kind"], seed=args.seed)
+            shared = baseline_lib.Shared(Setting(tasks, bank.base, bank.upper_layers, config, task_given=False,
+                                                 progress=args.progress))
+            for baseline in names:
+                started = time.perf_counter()
+                results["baselines"][baseline] = baseline_lib.BASELINES[baseline].run(shared)
+                results["baselines"][baseline]["wall_s"] = round(time.perf_counter() - started, 1)
+                results["wall_s"][f"{baseline}_s"] = results["baselines"][baseline]["wall_s"]
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        report.write(results, args.out / name)
+        summary[name] = {b: {m: results["baselines"][b].get(m) for m in ("average_accuracy", "bwt", "forgetting", "wall_s")}
+                         for b in names}
     print(json.dumps(summary, indent=2))
 
 

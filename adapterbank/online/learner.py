@@ -1,9 +1,10 @@
 """`learn`: a classification bank learns from a stream of labelled examples, answering at every moment.
 
 Each chunk of lines is parsed, its examples' router features computed, and the pool written with the
-stream position (one atomic write): from then on those examples answer through the router. Labels a
-module already covers are counted and left alone (their modules answer them; README "Online
-learning"). Examples of uncovered labels wait in the pool until they become a task through add-task:
+stream position (one atomic write): from then on those examples answer through the router. Examples of
+labels a module already covers move their class's router statistics (kept in the pool as sums and a
+scatter, never in the task's files; README "Online learning"); the module itself is not retrained.
+Examples of uncovered labels wait in the pool until they become a task through add-task:
 - `blurry` boundaries (the default): when `min_labels` labels each have `min_per_label` examples, those
   labels become task `online-NNN`;
 - `hard` boundaries: lines carry `"task": NAME`; when the name changes, the pending examples of the
@@ -40,7 +41,7 @@ class LearnSummary:
 
     lines: int = 0  # lines read from the stream (after those an earlier run consumed)
     examples: int = 0  # examples taken into the pool
-    covered: int = 0  # examples of labels a module already covers (left alone)
+    covered: int = 0  # examples of labels a module already covers (folded into their router statistics)
     skipped: list[str] = field(default_factory=list)  # "source:line: reason" of malformed lines skipped
     tasks: list[str] = field(default_factory=list)  # tasks added from the stream
     pending: int = 0  # examples still pending at the end
@@ -166,7 +167,11 @@ class _Learner:
         self.summary = LearnSummary()
         self.training_seconds = 0.0
         self.pool = load_pool(bank.path)
-        self.covered = {label for task in bank.tasks() for label in task.labels}
+        self.owners: dict[str, str] = {}  # covered label -> the (first) task whose module covers it
+        for task in bank.tasks():
+            for label in task.labels:
+                self.owners.setdefault(label, task.name)
+        self._task_stats: dict[str, dict] = {}
         graduating = self.pool.graduating
         if graduating is not None:  # a killed learn's graduation: finished if its task is in, else run again
             if bank.registry.has_task(graduating["task"]):
@@ -177,17 +182,33 @@ class _Learner:
                 self._graduate(graduating["task"], set(graduating["ids"]))
 
     def ingest(self, chunk: list[tuple[int, dict]], source: str, position: int) -> None:
-        """Take a chunk into the pool, with the stream position, in one write; then graduate what is ready."""
-        fresh = [row for _, row in chunk if row["label"] not in self.covered]
-        self.summary.covered += len(chunk) - len(fresh)
+        """Take a chunk into the pool (pending examples, and covered ones as statistics), with the stream
+        position, in one write; then graduate what is ready."""
+        rows = [row for _, row in chunk]
+        features = self.bank.router_features([row["text"] for row in rows]) if rows else None
+        fresh = [i for i, row in enumerate(rows) if row["label"] not in self.owners]
+        covered = [i for i, row in enumerate(rows) if row["label"] in self.owners]
         if fresh:
-            self.pool.add(fresh, self.bank.router_features([row["text"] for row in fresh]))
+            self.pool.add([rows[i] for i in fresh], features[fresh])
             self.summary.examples += len(fresh)
+        if covered:
+            self.pool.absorb([rows[i] for i in covered], features[covered], self.owners.get, self._stats_of)
+            self.summary.covered += len(covered)
         if source.startswith("/"):
             self.pool.sources[source] = position
-        if fresh or source.startswith("/"):
+        if rows or source.startswith("/"):
             save_pool(self.bank.path, self.pool, self.dim)
         self._graduate_ready()
+
+    def _stats_of(self, task: str) -> dict:
+        """A task's router statistics (class means and counts, in its label order), read once."""
+        if task not in self._task_stats:
+            from ..routing.statistics import load_statistics
+
+            info = self.bank.task(task)
+            stats = load_statistics(info.path)
+            self._task_stats[task] = {"labels": info.labels, "means": stats["means"], "counts": stats["counts"]}
+        return self._task_stats[task]
 
     def _graduate_ready(self) -> None:
         pool = self.pool
@@ -239,7 +260,8 @@ class _Learner:
         self.pool.drop(ids)
         self.pool.graduating = None
         save_pool(self.bank.path, self.pool, self.dim)
-        self.covered |= {row["label"] for row in rows}
+        for row in rows:
+            self.owners.setdefault(row["label"], name)
         self.summary.tasks.append(name)
 
 

@@ -1,8 +1,8 @@
 """The pending pool's file (online learning, online/pool.py): `pending.safetensors` at the bank root.
 
-One file, replaced atomically: the pending examples' router features as an fp16 tensor, and in its
-metadata the pool's JSON and a sha256 over both, checked on every read and by `verify`. numpy only, so
-the store stays free of torch.
+One file, replaced atomically: the pool's arrays (the pending examples' router features, the stream's
+statistics of covered labels), and in its metadata the pool's JSON and a sha256 over all of it, checked on
+every read and by `verify`. numpy only, so the store stays free of torch.
 """
 
 from __future__ import annotations
@@ -19,28 +19,30 @@ POOL_FILE = "pending.safetensors"
 PURGE_HINT = "`adapterbank learn BANK --purge` drops it"
 
 
-def _digest(meta: str, features) -> str:
+def _digest(meta: str, arrays: dict) -> str:
     digest = hashlib.sha256(meta.encode("utf-8"))
-    digest.update(features.tobytes())
+    for name in sorted(arrays):
+        digest.update(name.encode("utf-8"))
+        digest.update(arrays[name].tobytes())
     return digest.hexdigest()
 
 
-def save_pending(root: Path, body: dict, features) -> None:
-    """Atomically replace the pool file with `body` (JSON-able) and `features` (numpy fp16 [n, D])."""
+def save_pending(root: Path, body: dict, arrays: dict) -> None:
+    """Atomically replace the pool file with `body` (JSON-able) and `arrays` (name -> numpy array)."""
     from safetensors.numpy import save_file
 
     meta = json.dumps(body, ensure_ascii=False)
-    features = features.astype("float16", copy=False)
+    arrays = {name: array for name, array in arrays.items()}
 
     def write(tmp: Path) -> None:
-        save_file({"features": features}, str(tmp), metadata={"pool": meta, "sha256": _digest(meta, features)})
+        save_file(arrays, str(tmp), metadata={"pool": meta, "sha256": _digest(meta, arrays)})
         faults.point("pool-written")
 
     write_atomic(Path(root) / POOL_FILE, write)
 
 
-def load_pending(root: Path) -> tuple[dict, object] | None:
-    """(body, features) of the pool file, None without one; IntegrityError when it is edited or damaged."""
+def load_pending(root: Path) -> tuple[dict, dict] | None:
+    """(body, arrays) of the pool file, None without one; IntegrityError when it is edited or damaged."""
     from safetensors import safe_open
 
     path = Path(root) / POOL_FILE
@@ -49,13 +51,13 @@ def load_pending(root: Path) -> tuple[dict, object] | None:
     try:
         with safe_open(str(path), framework="numpy") as handle:
             meta = handle.metadata() or {}
-            features = handle.get_tensor("features")
+            arrays = {name: handle.get_tensor(name) for name in handle.keys()}
         body = json.loads(meta["pool"])
     except Exception as exc:  # noqa: BLE001 - any unreadable pool is one error naming the file
         raise IntegrityError(f"{path}: unreadable pending pool ({type(exc).__name__}); {PURGE_HINT}") from None
-    if meta.get("sha256") != _digest(meta["pool"], features):
+    if meta.get("sha256") != _digest(meta["pool"], arrays):
         raise IntegrityError(f"{path}: checksum mismatch: the pending pool was edited or damaged; {PURGE_HINT}")
-    return body, features
+    return body, arrays
 
 
 def pending_problem(root: Path) -> str | None:

@@ -176,3 +176,36 @@ def test_a_tampered_pool_is_reported_and_can_be_purged(empty_bank, tmp_path):
     assert code == 0 and empty_bank.verify().ok
     code, _ = invoke("learn", empty_bank.path)
     assert code == 1 and "--stream FILE" in invoke.stderr
+
+
+def test_examples_of_covered_labels_move_their_router_statistics_exactly(empty_bank, tmp_path):
+    """Streamed examples of a module's labels end in the router as if they had been in the task's data:
+    class means exactly, the shared scatter up to the stored covariance's rounding; the task's files are untouched."""
+    import torch
+
+    from adapterbank.routing.statistics import class_statistics
+    from conftest import tree_hashes
+
+    first, later = synthetic_rows("alpha", per_label=12, seed=0), synthetic_rows("alpha", per_label=20, seed=5)
+    empty_bank.add_task("alpha", first, epochs=1, progress=False)
+    files = tree_hashes(empty_bank.path / "tasks")
+    summary = empty_bank.learn(later)
+    assert (summary.covered, summary.examples, summary.pending) == (40, 0, 0) and tree_hashes(empty_bank.path / "tasks") == files
+    records = empty_bank._records()
+    _, index = empty_bank._with_pending(records, empty_bank._index(records))
+    rows = first + later
+    labels = empty_bank.task("alpha").labels
+    want = class_statistics(empty_bank.router_features([r["text"] for r in rows]), [labels.index(r["label"]) for r in rows], 2)
+    assert torch.allclose(index.t["means"], want["means"], atol=1e-4)
+    assert float(index.t["total"]) == len(rows)
+    scatter = want["covariance"].double() * len(rows)
+    assert float((index.t["scatter"] - scatter).norm() / scatter.norm()) < 0.02
+    assert _routes_alike(empty_bank, [r["text"] for r in later])
+
+
+def _routes_alike(bank, texts) -> bool:
+    """Another process's view (a fresh open) routes the same way as the learner's bank object."""
+    from adapterbank import AdapterBank
+
+    again = AdapterBank.open(bank.path, device="cpu")
+    return [r.tasks for r in again.route(texts)] == [r.tasks for r in bank.route(texts)]
