@@ -31,7 +31,9 @@ ON_ERROR = ("stop", "skip")
 DEFAULT_MIN_PER_LABEL = 32  # examples of a label before it can be part of a new module
 DEFAULT_MIN_LABELS = 2  # ready labels that make a new module (blurry streams)
 DEFAULT_MAX_PENDING = 4096  # examples the pool holds at most
-CHUNK = 64  # lines per pool write (and per lower pass)
+CHUNK = 256  # lines per pool write; their lower pass runs in length-sorted batches (little padding)
+IDLE_FLUSH = 1.0  # seconds a pipe may stay quiet before the lines read so far are taken in (tail -f)
+IDLE = object()  # what the stdin reader yields when the pipe stayed quiet that long
 ONLINE_PREFIX = "online-"
 
 
@@ -76,6 +78,11 @@ def learn(bank, stream, *, boundaries: str = "blurry", on_error: str = "stop", m
     chunk: list[tuple[int, dict]] = []
     number = 0
     for number, line in lines:
+        if line is IDLE:  # a quiet pipe: answer with what came so far
+            if chunk:
+                state.ingest(chunk, source, chunk[-1][0])
+                chunk = []
+            continue
         if number <= skip:
             continue
         summary.lines += 1
@@ -104,7 +111,7 @@ def learn(bank, stream, *, boundaries: str = "blurry", on_error: str = "stop", m
 
 def _open(stream) -> tuple[str, Iterator[tuple[int, object]]]:
     if isinstance(stream, (str, os.PathLike)) and str(stream) == "-":
-        return "<stdin>", enumerate(sys.stdin, start=1)
+        return "<stdin>", _pipe_lines(sys.stdin.buffer)
     if isinstance(stream, (str, os.PathLike)):
         path = Path(stream).expanduser()
         if not path.is_file():
@@ -120,6 +127,41 @@ def _open(stream) -> tuple[str, Iterator[tuple[int, object]]]:
                     raise DataError(f"{path}:{number + 1}: not UTF-8 text") from None
         return str(path.resolve()), read()
     return "<memory>", enumerate(stream, start=1)
+
+
+def _pipe_lines(pipe) -> Iterator[tuple[int, object]]:
+    """(number, line) from a pipe as lines arrive, and (number, IDLE) after IDLE_FLUSH quiet seconds, so a
+    slow stream (`tail -f`) is taken in without waiting for a full chunk."""
+    import select
+
+    try:
+        fd = pipe.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real pipe (a test's stdin): plain lines
+        yield from enumerate((line.decode("utf-8", "replace") if isinstance(line, bytes) else line for line in pipe), start=1)
+        return
+    buffered, number = b"", 0
+    while True:
+        ready, _, _ = select.select([fd], [], [], IDLE_FLUSH)
+        if not ready:
+            yield number, IDLE
+            continue
+        data = os.read(fd, 1 << 16)
+        if not data:
+            break
+        buffered += data
+        *complete, buffered = buffered.split(b"\n")
+        for raw in complete:
+            number += 1
+            yield number, _decoded(raw, number)
+    if buffered:
+        yield number + 1, _decoded(buffered, number + 1)
+
+
+def _decoded(raw: bytes, number: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"<stdin>:{number}: not UTF-8 text") from None
 
 
 def _parse(line, boundaries: str) -> dict | None:

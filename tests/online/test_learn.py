@@ -209,3 +209,30 @@ def _routes_alike(bank, texts) -> bool:
 
     again = AdapterBank.open(bank.path, device="cpu")
     return [r.tasks for r in again.route(texts)] == [r.tasks for r in bank.route(texts)]
+
+
+def test_a_quiet_pipe_is_taken_in_without_waiting_for_a_full_chunk(empty_bank):
+    """`tail -f FILE | adapterbank learn BANK --stream -`: lines that came are answered from after a quiet second."""
+    import time
+
+    from adapterbank.online.pool import load_pool
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "adapterbank_cli", "learn", str(empty_bank.path), "--stream", "-",
+                                "--device", "cpu", "-q"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, env=env)
+    try:
+        process.stdin.write("".join(json.dumps(r) + "\n" for r in synthetic_rows("alpha", per_label=3, seed=0)).encode())
+        process.stdin.flush()
+        deadline, taken = time.monotonic() + 60, 0
+        while time.monotonic() < deadline and taken < 6:  # bounded: 60 s at most
+            time.sleep(0.5)
+            taken = len(load_pool(empty_bank.path).examples) if (empty_bank.path / "pending.safetensors").exists() else 0
+        assert taken == 6 and process.poll() is None  # taken in while the stream is still open
+        process.stdin.write(b'{"text": "ab cd"}\n')
+        process.stdin.close()
+        assert process.wait(timeout=60) == 1
+        assert "<stdin>:7: field 'label'" in process.stderr.read().decode()
+    finally:
+        if process.poll() is None:
+            process.kill()
