@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import DataError, IntegrityError
+from ..store.pending import learn_lock
 from .pool import load_pool, save_pool
 
 BOUNDARIES = ("blurry", "hard")
@@ -70,8 +71,16 @@ def learn(bank, stream, *, boundaries: str = "blurry", on_error: str = "stop", m
     check_number("min_per_label", min_per_label, minimum=1, integer=True)
     check_number("min_labels", min_labels, minimum=1, integer=True)
     check_number("max_pending", max_pending, minimum=2, integer=True)
-    started = time.perf_counter()
+    bank._config(None, dict(add_task_settings))  # the modules' settings are checked now, not at the first graduation
     source, lines = _open(stream)
+    with learn_lock(bank.path):
+        return _learn(bank, source, lines, boundaries, on_error, min_per_label, min_labels, max_pending, flush, progress,
+                      add_task_settings)
+
+
+def _learn(bank, source, lines, boundaries, on_error, min_per_label, min_labels, max_pending, flush, progress,
+           add_task_settings) -> LearnSummary:
+    started = time.perf_counter()
     state = _Learner(bank, boundaries, min_per_label, min_labels, max_pending, progress, add_task_settings)
     summary = state.summary
     summary.resumed_after = skip = state.pool.sources.get(source, 0) if source.startswith("/") else 0

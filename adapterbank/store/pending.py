@@ -16,6 +16,7 @@ from ..errors import IntegrityError
 from .files import write_atomic
 
 POOL_FILE = "pending.safetensors"
+LEARN_LOCK = ".learn.lock"  # held by the one `learn` that may write the pool at a time
 PURGE_HINT = "`adapterbank learn BANK --purge` drops it"
 
 
@@ -76,3 +77,26 @@ def pool_stamp(root: Path) -> tuple[int, int] | None:
     except FileNotFoundError:
         return None
     return stat.st_mtime_ns, stat.st_size
+
+
+def learn_lock(root: Path):
+    """A lock only one `learn` on the bank holds: a second one fails at once, naming the reason."""
+    import contextlib
+
+    from filelock import FileLock, Timeout
+
+    from ..errors import BankError
+
+    @contextlib.contextmanager
+    def held():
+        lock = FileLock(str(Path(root) / LEARN_LOCK), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise BankError(f"{root}: another `learn` is writing this bank's pending pool; one at a time") from None
+        try:
+            yield
+        finally:
+            lock.release()
+
+    return held()

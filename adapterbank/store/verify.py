@@ -7,11 +7,11 @@ from pathlib import Path
 
 from ..errors import BankError
 from .files import TEMP_PREFIX, is_leftover, read_sealed, writer_alive
-from .pending import POOL_FILE, pending_problem
+from .pending import LEARN_LOCK, POOL_FILE, pending_problem
 from .registry import INDEX_FILE, LOCK, MANIFEST, TASKS, Registry
 from .versions import BASES, unlisted_versions, verify_versions
 
-_ROOT_ENTRIES = {MANIFEST, TASKS, BASES, LOCK, INDEX_FILE, POOL_FILE}
+_ROOT_ENTRIES = {MANIFEST, TASKS, BASES, LOCK, INDEX_FILE, POOL_FILE, LEARN_LOCK}
 
 
 @dataclass

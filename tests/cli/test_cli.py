@@ -86,7 +86,7 @@ def test_console_script_runs_and_help_documents_every_command():
                             env={**os.environ, "COLUMNS": "200"})
     assert result.returncode == 0
     commands = [c.name or c.callback.__name__ for c in app.registered_commands]
-    assert len(commands) == 16
+    assert len(commands) == 17
     section = result.stdout.split("Commands:")[1]
     listed = {line.split()[0] for line in section.splitlines() if line.startswith("  ") and line.strip()}
     assert set(commands) <= listed, set(commands) - listed

@@ -45,6 +45,7 @@ VALID = {
     "export": ["{cbank}", "--out", "{new}", "--task", "alpha", "--device", "cpu"],
     "demo": ["--bank", "{a-file}"],  # a valid --bank would build the MiniLM demo: every run here must fail
     "import": ["{lm}", "imported", "--adapter", "{a-dir}", "--examples", "{data}", "--device", "cpu"],
+    "learn": ["{cbank}", "--stream", "{data}", "--device", "cpu", "-q"],
     "serve": ["{cbank}", "--api-key-file", "{a-file}"],  # a valid line would serve forever: every run here must fail
 }
 SKIP = {("demo", "bank"): {"missing", "a-dir"}}  # values that would run the one-minute demo

@@ -236,3 +236,15 @@ def test_a_quiet_pipe_is_taken_in_without_waiting_for_a_full_chunk(empty_bank):
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_one_learn_at_a_time_and_settings_checked_before_reading(empty_bank, tmp_path):
+    from adapterbank.store.pending import learn_lock
+
+    stream = write_jsonl(tmp_path / "s.jsonl", synthetic_rows("alpha", per_label=2, seed=0))
+    with learn_lock(empty_bank.path):
+        code, _ = invoke("learn", empty_bank.path, "--stream", stream)
+    assert code == 1 and "another `learn` is writing" in invoke.stderr and invoke.stderr.count("\n") == 1
+    code, _ = invoke("learn", empty_bank.path, "--stream", stream, "--lr", "nan")
+    assert code == 1 and "lr" in invoke.stderr and not (empty_bank.path / "pending.safetensors").exists()
+    assert invoke("learn", empty_bank.path, "--stream", stream)[0] == 0 and empty_bank.verify().ok
