@@ -302,13 +302,19 @@ class AdapterBank:
                top_k: int = SHOWN_CANDIDATES) -> list:
         from .routing.index import Route
 
+        records, index = self._with_pending(records, self._index(records) if records else None)
         if not records or not texts:
             return [Route([], [], in_scope=False) for _ in texts]
-        return self._index(records).route(self._router_features(texts, records), top_k=min(top_k, len(records)), method=method,
-                                          ood_quantile=quantile)
+        return index.route(self._router_features(texts, records), top_k=min(top_k, len(records)), method=method,
+                           ood_quantile=quantile)
 
     def _records(self) -> dict[str, TaskInfo]:
         return {info.name: info for info in self.tasks()}
+
+    def _with_pending(self, records: dict[str, TaskInfo], index):
+        """(records, index) that answer now: the tasks on disk, plus what the family adds (a classification
+        bank's pending pool, online/pool.py)."""
+        return records, index
 
     def _router_settings(self, method: str | None, ood_quantile: float | None) -> tuple[str, float]:
         """(router method, out-of-scope quantile): the caller's, else bank.json's defaults, validated."""

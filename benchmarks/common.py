@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from adapterbank import dataset_from_pairs
+
+DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
+TASK_COUNTS = {"clinc150": 15, "banking77": 7}  # tasks the labels are dealt into (10 and 11 intents a task)
 
 
 def subset(data, labels, source, per_label=None):

@@ -26,8 +26,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from adapterbank.evaluation import protocol as evaluation, report  # noqa: E402
 from adapterbank.evaluation.scenarios import load_scenario  # noqa: E402
 
-DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
-TASK_COUNTS = {"clinc150": 15, "banking77": 7}
+from common import DATA_ROOT, TASK_COUNTS  # noqa: E402
 
 
 def main() -> None:

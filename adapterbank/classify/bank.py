@@ -233,8 +233,7 @@ class ClassifierBank(AdapterBank, family="classifier"):
         check_number("top_labels", top_labels, minimum=0, maximum=MAX_LABELS_PER_TASK * 100, integer=True)
         method, quantile = self._router_settings(method, ood_quantile)
         records = self._records()
-        index, model = self._sync(records) if records else (None, None)
-        records, index = self._with_pending(records, index)
+        records, index = self._with_pending(records, self._sync(records) if records else None)
         if not records:
             raise BankError(f"bank {self.path} has no tasks yet; add one with `adapterbank add-task` or `adapterbank learn`")
         self._require_task(task, records)
@@ -280,15 +279,6 @@ class ClassifierBank(AdapterBank, family="classifier"):
 
         return with_pending(self, records, index)
 
-    def _route(self, records, texts, method, quantile, top_k=SHOWN_CANDIDATES):
-        from ..routing.index import Route
-
-        records, index = self._with_pending(records, self._index(records) if records else None)
-        if not records or not texts:
-            return [Route([], [], in_scope=False) for _ in texts]
-        return index.route(self._router_features(texts, records), top_k=min(top_k, len(records)), method=method,
-                           ood_quantile=quantile)
-
     def _router_features(self, texts: Sequence[str], records: dict[str, TaskInfo]):
         """Mean pools of the base's lower layers (core/backbone.py), texts cut as predict cuts them."""
         from ..core.encoding import map_batches, tokenize
@@ -298,7 +288,7 @@ class ClassifierBank(AdapterBank, family="classifier"):
                            tokenize(base.tokenizer, texts, _max_length(records)), base.tokenizer, self.device)
 
     def _sync(self, records: dict[str, TaskInfo]):
-        """Router index and routed model for the tasks on disk now. Tasks added, removed or replaced
+        """Router index for the tasks on disk now. Tasks added, removed or replaced
         since the last call (by this object or another process) are picked up; loaded modules whose
         task changed are dropped and reload lazily."""
         current = {name: info.record.get("id", "") for name, info in records.items()}
@@ -306,7 +296,7 @@ class ClassifierBank(AdapterBank, family="classifier"):
         index = self._index(records)
         for name in stale:
             del self._runner.loaded[name]
-        return index, self._model()
+        return index
 
     def _model(self):
         from .inference import RoutedModel

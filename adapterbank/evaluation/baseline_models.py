@@ -226,17 +226,20 @@ def ewc(setting: Setting, test: TestStates, strength: float = EWC_LAMBDA) -> lis
     return matrix
 
 
+def frozen_embeddings(base: Base, texts: Sequence[str], max_length: int, device) -> torch.Tensor:
+    """[len(texts), H] mean-pooled last-layer embeddings of the frozen base, L2-normalised (what NCM compares)."""
+    forward: Callable = lambda input_ids, mask: mean_pool(  # noqa: E731
+        base.model(input_ids=input_ids, attention_mask=mask).last_hidden_state, mask)
+    ids = tokenize(base.tokenizer, texts, max_length)
+    return torch.nn.functional.normalize(map_batches(forward, ids, base.tokenizer, device).float(), dim=-1)
+
+
 class FrozenEmbeddings:
     """Mean-pooled last-layer embeddings of the frozen base for every task's train and test texts."""
 
     def __init__(self, setting: Setting):
-        base = setting.base
-
         def embed(texts: Sequence[str]) -> torch.Tensor:
-            ids = tokenize(base.tokenizer, texts, setting.config.max_length)
-            forward: Callable = lambda input_ids, mask: mean_pool(  # noqa: E731
-                base.model(input_ids=input_ids, attention_mask=mask).last_hidden_state, mask)
-            return torch.nn.functional.normalize(map_batches(forward, ids, base.tokenizer, setting.device).float(), dim=-1)
+            return frozen_embeddings(setting.base, texts, setting.config.max_length, setting.device)
 
         self.train = [embed(task.train.texts) for task in setting.tasks]
         self.test = [embed(task.test.texts) for task in setting.tasks]

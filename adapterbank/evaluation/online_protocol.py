@@ -154,14 +154,10 @@ class _OnlineNCM:
         self.test = self._embed(test_texts)
 
     def _embed(self, texts: list[str]):
-        import torch
+        from ..core import DEFAULT_MAX_LENGTH
+        from .baseline_models import frozen_embeddings
 
-        from ..core.encoding import map_batches, mean_pool, tokenize
-
-        model, tokenizer = self.bank.base.model, self.bank.base.tokenizer
-        return torch.nn.functional.normalize(map_batches(
-            lambda ids, mask: mean_pool(model(input_ids=ids, attention_mask=mask).last_hidden_state, mask).float(),
-            tokenize(tokenizer, texts, 128), tokenizer, self.bank.device), dim=-1)
+        return frozen_embeddings(self.bank.base, texts, DEFAULT_MAX_LENGTH, self.bank.device)
 
     def update(self, rows: list[dict]) -> None:
         if not rows:

@@ -33,7 +33,6 @@ def save_pending(root: Path, body: dict, arrays: dict) -> None:
     from safetensors.numpy import save_file
 
     meta = json.dumps(body, ensure_ascii=False)
-    arrays = {name: array for name, array in arrays.items()}
 
     def write(tmp: Path) -> None:
         save_file(arrays, str(tmp), metadata={"pool": meta, "sha256": _digest(meta, arrays)})
