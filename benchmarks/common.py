@@ -8,6 +8,7 @@ from adapterbank import dataset_from_pairs
 
 DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
 TASK_COUNTS = {"clinc150": 15, "banking77": 7}  # tasks the labels are dealt into (10 and 11 intents a task)
+DOMAIN_SEQUENCES = {"sentence_suite": ["mr", "cr", "mpqa"]}  # one label set (polarity) over three domains, in order
 
 
 def subset(data, labels, source, per_label=None):

@@ -1,9 +1,11 @@
-"""The full continual-learning protocol on CLINC150 (15 tasks x 10 intents) and Banking77 (7 x 11),
-with the joint, seqlora and ncm baselines. Writes results.json, report.md and accuracy_matrix.png per
+"""The full continual-learning protocol on CLINC150 (15 tasks x 10 intents) and Banking77 (7 x 11), and
+the domain-incremental sentence_suite (mr -> cr -> mpqa: one polarity label set, three domains), with
+every registered baseline. Writes results.json, report.md and accuracy_matrix.png per
 dataset under --out and prints a JSON summary.
 
     python benchmarks/continual_eval.py [--datasets clinc150,banking77] [--out benchmarks/results] [--seed 0]
-        [--max-train-per-class N]
+        [--max-train-per-class N] [--device cpu]
+    python benchmarks/continual_eval.py --datasets sentence_suite          # the domain-incremental sequence
     python benchmarks/continual_eval.py --add-baselines replay,ewc     # only those, merged into the results
 
 Labels are dealt into tasks by the seeded shuffle of `adapterbank eval --tasks T` (the same as
@@ -26,7 +28,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from adapterbank.evaluation import protocol as evaluation, report  # noqa: E402
 from adapterbank.evaluation.scenarios import load_scenario  # noqa: E402
 
-from common import DATA_ROOT, TASK_COUNTS  # noqa: E402
+from common import DATA_ROOT, DOMAIN_SEQUENCES, TASK_COUNTS  # noqa: E402
 
 
 def main() -> None:
@@ -37,6 +39,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-train-per-class", type=int, default=None)
     parser.add_argument("--progress", action="store_true", help="show progress bars (stderr)")
+    parser.add_argument("--device", default="cpu", help="cpu (the README's figures), cuda, auto")
     parser.add_argument("--add-baselines", default=None,
                         help="comma-separated baselines to run alone and add to the existing results in --out "
                              "(e.g. replay,ewc after they were registered), without re-running the bank")
@@ -45,15 +48,20 @@ def main() -> None:
         return add_baselines(args)
     summary = {}
     for name in [d.strip() for d in args.datasets.split(",") if d.strip()]:
-        if name not in TASK_COUNTS:
-            parser.error(f"unknown dataset {name!r}; choose from: {', '.join(TASK_COUNTS)}")
+        if name not in TASK_COUNTS and name not in DOMAIN_SEQUENCES:
+            parser.error(f"unknown dataset {name!r}; choose from: {', '.join([*TASK_COUNTS, *DOMAIN_SEQUENCES])}")
         started = time.perf_counter()
-        tasks = load_scenario(args.data_root / name, "class", n_tasks=TASK_COUNTS[name], seed=args.seed,
-                              max_train_per_class=args.max_train_per_class)
+        if name in DOMAIN_SEQUENCES:
+            tasks = load_scenario(args.data_root / name, "domain", order=DOMAIN_SEQUENCES[name], seed=args.seed,
+                                  max_train_per_class=args.max_train_per_class)
+        else:
+            tasks = load_scenario(args.data_root / name, "class", n_tasks=TASK_COUNTS[name], seed=args.seed,
+                                  max_train_per_class=args.max_train_per_class)
         workdir = Path(tempfile.mkdtemp(prefix=f"adapterbank-eval-{name}-"))
         try:
-            results = evaluation.run(tasks, args.out / name, seed=args.seed, device="cpu", progress=args.progress,
-                                     bank_dir=workdir / "bank")
+            scenario = "domain" if name in DOMAIN_SEQUENCES else "class"
+            results = evaluation.run(tasks, args.out / name, scenario, seed=args.seed, device=args.device,
+                                     progress=args.progress, bank_dir=workdir / "bank")
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         report.write(results, args.out / name)
@@ -86,7 +94,7 @@ def add_baselines(args) -> None:
             raise SystemExit(f"{path}: its tasks are not this split (another seed or --max-train-per-class?)")
         workdir = Path(tempfile.mkdtemp(prefix=f"adapterbank-baselines-{name}-"))
         try:
-            bank = AdapterBank.create(workdir / "bank", device="cpu")
+            bank = AdapterBank.create(workdir / "bank", device=args.device)
             config = ClassificationConfig(kind=results["config"]["kind"], seed=args.seed)
             shared = baseline_lib.Shared(Setting(tasks, bank.base, bank.upper_layers, config, task_given=False,
                                                  progress=args.progress))

@@ -72,6 +72,7 @@ class ClassifierBank(AdapterBank, family="classifier"):
         from ..core.backbone import DEFAULT_UPPER_LAYERS, SplitEncoder
         from ..core.models import load_base, resolve_device
         from ..routing.index import DEFAULT_OOD_QUANTILE
+        from ..routing.kernel import KernelMap
         from ..routing.methods import DEFAULT_METHOD
 
         if router_encoder is not None:
@@ -82,6 +83,7 @@ class ClassifierBank(AdapterBank, family="classifier"):
             raise AdapterBankError(f"{base!r}: classification banks need a BERT-like encoder "
                                    "(embeddings + encoder.layer, at least 2 layers)")
         router_layers = SplitEncoder(loaded.model, DEFAULT_UPPER_LAYERS).router_layers
+        kernel = KernelMap.for_features(len(router_layers) * loaded.model.config.hidden_size, len(router_layers))
         manifest = {
             "adapterbank_version": __version__, "family": cls.family,
             "base": {"id": loaded.model_id, "fingerprint": loaded.fingerprint,
@@ -89,7 +91,7 @@ class ClassifierBank(AdapterBank, family="classifier"):
                      "hidden_size": loaded.model.config.hidden_size},
             "backbone": {"upper_layers": DEFAULT_UPPER_LAYERS, "router_layers": router_layers},
             "router": {"method": DEFAULT_METHOD, "ood_quantile": DEFAULT_OOD_QUANTILE,
-                       "feature_dim": len(router_layers) * loaded.model.config.hidden_size},
+                       "feature_dim": kernel.features, "kernel": kernel.to_manifest()},
         }
         bank = cls(Registry.create(path, manifest), device=device)
         bank._base = loaded
@@ -116,6 +118,13 @@ class ClassifierBank(AdapterBank, family="classifier"):
     @property
     def upper_layers(self) -> int:
         return self.registry.manifest["backbone"]["upper_layers"]
+
+    @property
+    def router_map(self):
+        """The kernel map the router's statistics live in (routing/kernel.py); None in banks made before it."""
+        from ..routing.kernel import KernelMap
+
+        return KernelMap.from_manifest(self.registry.manifest["router"].get("kernel"))
 
     # -- training -------------------------------------------------------------------------------
     def add_task(self, name: str, train: DataLike, eval: DataLike | None = None, *,  # noqa: A002 - the CLI's --eval
@@ -164,7 +173,8 @@ class ClassifierBank(AdapterBank, family="classifier"):
         targets = [index[t] for t in train_set.targets]
         token_ids = tokenize(base.tokenizer, train_set.texts, config.max_length)
         cache = DEFAULT_CACHE_BYTES if trains_on_upper(config, base.model, self.upper_layers) and len(labels) > 1 else 0
-        lower = LowerStates(SplitEncoder(base.model, self.upper_layers), base.tokenizer, token_ids, self.device, cache)
+        lower = LowerStates(SplitEncoder(base.model, self.upper_layers, self.router_map), base.tokenizer, token_ids,
+                            self.device, cache)
         faults.point("lower-pass")
         stats = class_statistics(lower.router_features, targets, len(labels))
         record = {"objective": config.objective, "labels": labels, "kind": None, "adapterbank_version": __version__,
@@ -302,7 +312,7 @@ class ClassifierBank(AdapterBank, family="classifier"):
         from .inference import RoutedModel
 
         if self._runner is None:
-            self._runner = RoutedModel(self.base.model, self.upper_layers)
+            self._runner = RoutedModel(self.base.model, self.upper_layers, router_map=self.router_map)
         return self._runner
 
     # -- export ---------------------------------------------------------------------------------

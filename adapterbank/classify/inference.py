@@ -48,9 +48,10 @@ def _to(device: torch.device, value: Any, dtype: torch.dtype | None = None) -> A
 class RoutedModel:
     """The bank's frozen base plus loaded modules; computes features for routed rows."""
 
-    def __init__(self, base_model: torch.nn.Module, upper_layers: int, cache_size: int = DEFAULT_CACHE_SIZE):
+    def __init__(self, base_model: torch.nn.Module, upper_layers: int, cache_size: int = DEFAULT_CACHE_SIZE,
+                 router_map=None):
         self.model = base_model
-        self.split = SplitEncoder(base_model, upper_layers)
+        self.split = SplitEncoder(base_model, upper_layers, router_map)
         self.device = next(base_model.parameters()).device
         self.dtype = next(base_model.parameters()).dtype
         self.cache_size = cache_size

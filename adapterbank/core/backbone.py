@@ -25,7 +25,7 @@ ROUTER_DEPTH = 3  # the router reads the mean-pooled states of the last 3 frozen
 class LowerPass:
     hidden: torch.Tensor  # [B, L, H] states entering the first upper layer
     mask: torch.Tensor  # [B, L] the 0/1 attention mask
-    router_features: torch.Tensor  # [B, ROUTER_DEPTH * H], each layer's mean pool L2-normalised
+    router_features: torch.Tensor  # [B, ROUTER_DEPTH * H], each layer's mean pool L2-normalised (then mapped)
 
 
 def num_layers(model: torch.nn.Module) -> int:
@@ -35,13 +35,14 @@ def num_layers(model: torch.nn.Module) -> int:
 class SplitEncoder:
     """Runs `model` as lower (frozen, shared) and upper (per-module) halves; results equal a full pass."""
 
-    def __init__(self, model: torch.nn.Module, upper_layers: int = DEFAULT_UPPER_LAYERS):
+    def __init__(self, model: torch.nn.Module, upper_layers: int = DEFAULT_UPPER_LAYERS, router_map=None):
         total = num_layers(model)
         if not 1 <= upper_layers <= total:
             raise ValueError(f"upper_layers must be between 1 and {total}, got {upper_layers}")
         self.model = model
         self.split = total - upper_layers
         self.router_layers = list(range(max(0, self.split - ROUTER_DEPTH + 1), self.split + 1))
+        self.router_map = router_map  # features -> the router's space (routing/kernel.py), or None: as pooled
 
     @staticmethod
     def supports(model: torch.nn.Module) -> bool:
@@ -67,7 +68,7 @@ class SplitEncoder:
             if index in self.router_layers:
                 pooled.append(hidden)
         features = torch.cat([torch.nn.functional.normalize(mean_pool(h, mask).float(), dim=-1) for h in pooled], -1)
-        return LowerPass(hidden, mask, features)
+        return LowerPass(hidden, mask, features if self.router_map is None else self.router_map(features))
 
     def upper(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Last hidden state from the split point on (with whatever module hooks are active)."""

@@ -24,7 +24,8 @@ from ..store.registry import INDEX_FILE
 from .methods import DEFAULT_METHOD, METHODS
 from .statistics import load_statistics
 
-DEFAULT_OOD_QUANTILE = 0.01  # a text scoring below this quantile of its task's own training texts is out of scope
+DEFAULT_OOD_QUANTILE = 0.02  # a text scoring below this quantile of its task's own training texts is out of scope
+# (chosen on validation: CLINC150 refuses 2.9 % of in-scope validation texts, Banking77 1.8 %)
 
 
 @dataclass

@@ -3,9 +3,10 @@
 Per task, `router.safetensors` holds class means and counts, the within-class covariance and the
 quantiles of the task's own training texts' similarity to its classes (the out-of-scope threshold).
 
-The covariance is most of the file (1152 x 1152 on MiniLM's features). It is stored as a factor: its
-top FACTOR_RANK eigenvectors scaled by the square roots of their eigenvalues, in int8 with one scale a
-column, plus the rest of the spectrum spread evenly (0.79 MB a task instead of 2.7 MB in fp16). The
+The covariance is most of the file (2048 x 2048 in a MiniLM bank's kernel space, routing/kernel.py).
+It is stored as a factor: its top eigenvectors scaled by the square roots of their eigenvalues, in int8
+with one scale a column, as many columns as fit FACTOR_BYTES (at most FACTOR_RANK), plus the rest of the
+spectrum spread evenly (0.9 MB a task instead of 8 MB in fp16). The
 statistics are rounded the same way in memory as on disk, so an index built at add-task time equals one
 rebuilt from the task files. Files written before (fp16 `covariance`) still load.
 """
@@ -43,7 +44,8 @@ def class_statistics(features: torch.Tensor, targets: Sequence[int], n_classes: 
 
 
 PACKED = ("covariance_factor", "covariance_scales", "covariance_tail")  # how the covariance is stored
-FACTOR_RANK = 640  # columns of the stored covariance factor (MiniLM: 1152 x 640 int8 = 0.74 MB)
+FACTOR_RANK = 640  # at most this many columns in the stored covariance factor ...
+FACTOR_BYTES = 900_000  # ... and at most this many bytes (MiniLM kernel space: 2048 x 439 int8; raw: 1152 x 640)
 
 
 def pack_covariance(covariance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -53,7 +55,7 @@ def pack_covariance(covariance: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     the matrix itself does not, and broke the router on small tasks)."""
     values, vectors = torch.linalg.eigh(covariance.float())  # fp32: half the time of fp64, ample for a rounded factor
     values, vectors = values.flip(0).clamp_min(0), vectors.flip(1)
-    k = min(FACTOR_RANK, int((values > values[0] * 1e-7).sum()) if len(values) else 0)
+    k = min(FACTOR_RANK, FACTOR_BYTES // max(len(values), 1), int((values > values[0] * 1e-7).sum()) if len(values) else 0)
     factor = (vectors[:, :k] * values[:k].sqrt()).float()
     scales = factor.abs().amax(0).clamp_min(1e-30) / 127
     tail = values[k:].sum() / max(len(values), 1)

@@ -248,7 +248,7 @@ def test_router_index_is_saved_and_small_module_cache_still_answers(bank, task_f
     texts = load_dataset(task_files["alpha"][1]).texts[:3] + load_dataset(task_files["beta"][1]).texts[:3]
     expected = [p.label for p in bank.predict(texts, ood_quantile=0)]
     reopened = AdapterBank.open(bank.path, device=DEVICE)
-    reopened._runner = RoutedModel(reopened.base.model, reopened.upper_layers, cache_size=1)
+    reopened._runner = RoutedModel(reopened.base.model, reopened.upper_layers, cache_size=1, router_map=reopened.router_map)
     assert [p.label for p in reopened.predict(texts, batch_size=1, ood_quantile=0)] == expected
     assert len(reopened._runner.loaded) == 1
 
