@@ -71,9 +71,8 @@ class ClassifierBank(AdapterBank, family="classifier"):
     def _create(cls, path: Path, base: str, device: str, router_encoder: str | None) -> "ClassifierBank":
         from ..core.backbone import DEFAULT_UPPER_LAYERS, SplitEncoder
         from ..core.models import load_base, resolve_device
-        from ..routing.index import DEFAULT_OOD_QUANTILE
         from ..routing.kernel import KernelMap
-        from ..routing.methods import DEFAULT_METHOD
+        from ..routing.methods import DEFAULT_METHOD, DEFAULT_OOD_QUANTILE
 
         if router_encoder is not None:
             raise AdapterBankError("router_encoder applies to causal-LM banks; a classification bank routes with "
@@ -161,7 +160,7 @@ class ClassifierBank(AdapterBank, family="classifier"):
         from ..kinds import save_module
         from ..routing.statistics import class_statistics, save_statistics
         from .inference import module_accuracy
-        from .training import DEFAULT_CACHE_BYTES, LowerStates, train_classifier, trains_on_upper
+        from .training import DEFAULT_CACHE_BYTES, LowerStates, resolve_depth, train_classifier, trains_on_upper
 
         base = self.base
         positions = getattr(base.model.config, "max_position_embeddings", None)
@@ -172,11 +171,15 @@ class ClassifierBank(AdapterBank, family="classifier"):
         index = {label: i for i, label in enumerate(labels)}
         targets = [index[t] for t in train_set.targets]
         token_ids = tokenize(base.tokenizer, train_set.texts, config.max_length)
-        cache = DEFAULT_CACHE_BYTES if trains_on_upper(config, base.model, self.upper_layers) and len(labels) > 1 else 0
-        lower = LowerStates(SplitEncoder(base.model, self.upper_layers, self.router_map), base.tokenizer, token_ids,
-                            self.device, cache)
+        depth = resolve_depth(config, base.model, self.upper_layers)
+        cache = DEFAULT_CACHE_BYTES if trains_on_upper(config, base.model, depth) and len(labels) > 1 else 0
+        # a deeper module's split is not the router's: its router features come from the bank's own lower pass
+        shared = depth == self.upper_layers
+        lower = LowerStates(SplitEncoder(base.model, depth, self.router_map if shared else None), base.tokenizer,
+                            token_ids, self.device, cache)
         faults.point("lower-pass")
-        stats = class_statistics(lower.router_features, targets, len(labels))
+        features = lower.router_features if shared else self._features_of(token_ids)
+        stats = class_statistics(features, targets, len(labels))
         record = {"objective": config.objective, "labels": labels, "kind": None, "adapterbank_version": __version__,
                   "base": {"id": self.base_id, "fingerprint": base.fingerprint}, "config": dataclasses.asdict(config),
                   "data": {"train_fingerprint": train_set.fingerprint(), "train_examples": len(train_set),
@@ -184,7 +187,7 @@ class ClassifierBank(AdapterBank, family="classifier"):
         trained = None
         if len(labels) > 1:
             trained = train_classifier(base.model, base.tokenizer, token_ids, targets, len(labels), config,
-                                       upper_layers=self.upper_layers, progress=progress, description=f"add-task {name}",
+                                       upper_layers=depth, progress=progress, description=f"add-task {name}",
                                        lower_states=lower)
             record.update(kind=config.kind, hyperparameters=trained.hyperparameters, metrics=dict(trained.metrics))
             faults.point("trained")
@@ -255,7 +258,7 @@ class ClassifierBank(AdapterBank, family="classifier"):
         results: list[Prediction | None] = [None] * len(texts)
         for batch in tqdm(length_batches(token_ids, batch_size), desc="predict", unit="batch", disable=not progress, leave=False):
             input_ids, mask = collate([token_ids[i] for i in batch], pad_id_of(base.tokenizer), self.device)
-            lower = model.lower(input_ids, mask)
+            lower = model.lower(input_ids, mask, _first_layer(records, model))
             if task is not None:
                 routes = [Route([task], [1.0]) for _ in batch]
             else:
@@ -291,11 +294,16 @@ class ClassifierBank(AdapterBank, family="classifier"):
 
     def _router_features(self, texts: Sequence[str], records: dict[str, TaskInfo]):
         """Mean pools of the base's lower layers (core/backbone.py), texts cut as predict cuts them."""
-        from ..core.encoding import map_batches, tokenize
+        from ..core.encoding import tokenize
 
-        base, model = self.base, self._model()
-        return map_batches(lambda ids, mask: model.lower(ids, mask).router_features,
-                           tokenize(base.tokenizer, texts, _max_length(records)), base.tokenizer, self.device)
+        return self._features_of(tokenize(self.base.tokenizer, texts, _max_length(records)))
+
+    def _features_of(self, token_ids):
+        from ..core.encoding import map_batches
+
+        model = self._model()
+        return map_batches(lambda ids, mask: model.lower(ids, mask).router_features, token_ids, self.base.tokenizer,
+                           self.device)
 
     def _sync(self, records: dict[str, TaskInfo]):
         """Router index for the tasks on disk now. Tasks added, removed or replaced
@@ -365,6 +373,13 @@ class ClassifierBank(AdapterBank, family="classifier"):
         from .heads import export_head
 
         export_head(info.path, directory, info.labels, _max_length({info.name: info}))
+
+
+def _first_layer(records: dict[str, TaskInfo], model) -> int:
+    """The lowest layer any task's module adapts: the shared pass keeps the states from there on."""
+    total, default = len(model.model.encoder.layer), model.split.split
+    return min([default] + [total - info.record["config"]["depth"] for info in records.values()
+                            if (info.record.get("config") or {}).get("depth")])
 
 
 def _max_length(records: dict[str, TaskInfo]) -> int:

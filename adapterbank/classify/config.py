@@ -14,6 +14,7 @@ from ..kinds import DEFAULT_KIND, get_kind, resolve_params
 from ..settings import MAX_BATCH, MAX_EPOCHS, MAX_LR, MAX_TOKENS, check, seed_setting, setting
 
 HEAD_LR = 1e-2  # the cosine head's peak learning rate, whatever the kind
+MAX_DEPTH = 256  # a bound for the setting's check; add-task checks depth against the base's own layer count
 
 
 @dataclasses.dataclass
@@ -30,6 +31,9 @@ class ClassificationConfig:
     seed: int = seed_setting()
     max_length: int = setting(DEFAULT_MAX_LENGTH, "Tokens per text; longer texts are truncated.", above=0,
                               maximum=MAX_TOKENS, integer=True)
+    depth: int | None = setting(None, "Top transformer layers the module adapts (LoRA, IA3); default: the bank's "
+                                "(1). Deeper fits hard tasks better, at the cost of add-task time and of routed "
+                                "speed for batches that reach the task.", above=0, maximum=MAX_DEPTH, integer=True)
 
     def __post_init__(self) -> None:
         self.params = resolve_params(get_kind(self.kind, "classifier"), self.params)

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..core.backbone import LowerPass, SplitEncoder
+from ..core.backbone import LowerPass, SplitEncoder, num_layers
 from ..core.encoding import map_batches, tokenize
 from ..kinds import Kind, get_kind
 from .heads import Head, load_head, pooled
@@ -32,6 +32,13 @@ class LoadedModule:
     head: Head
     updates: dict[str, Any] = field(default_factory=dict)  # `upper` kinds: linear module path -> tensors
     prefix: torch.Tensor | None = None  # `prefix` kinds: [positions, hidden]
+    start: int | None = None  # `upper` kinds: the first layer the module adapts (below the split: a deep module)
+
+
+def _layer_of(path: str) -> int:
+    """The transformer layer a module path is in (`...layer.N...`), -1 outside the layers."""
+    parts = path.split(".")
+    return next((int(after) for part, after in zip(parts, parts[1:]) if part == "layer" and after.isdigit()), -1)
 
 
 def _to(device: torch.device, value: Any, dtype: torch.dtype | None = None) -> Any:
@@ -57,10 +64,8 @@ class RoutedModel:
         self.cache_size = cache_size
         self.loaded: OrderedDict[str, LoadedModule] = OrderedDict()
         self._plan: list[tuple[LoadedModule, torch.Tensor, torch.Tensor | None]] | None = None
-        upper = set(self.split.upper_indices)
-        for path, module in base_model.named_modules():
-            parts = path.split(".")
-            if isinstance(module, torch.nn.Linear) and "layer" in parts and int(parts[parts.index("layer") + 1]) in upper:
+        for path, module in base_model.named_modules():  # every layer: a task's module may reach below the split
+            if isinstance(module, torch.nn.Linear) and _layer_of(path) >= 0:
                 module.register_forward_hook(self._update_hook(path))
 
     def _update_hook(self, path: str):
@@ -96,26 +101,31 @@ class RoutedModel:
         task_dir, spec = Path(task_dir), get_kind(kind)
         head = load_head(task_dir).to(self.device)
         if spec.batching == "upper":
-            updates = spec.load_updates(task_dir, set(self.split.upper_indices))
-            return LoadedModule(spec, head, updates={k: _to(self.device, v, self.dtype) for k, v in updates.items()})
+            updates = spec.load_updates(task_dir, set(range(num_layers(self.model))))
+            start = min((_layer_of(path) for path in updates), default=self.split.split)
+            return LoadedModule(spec, head, updates={k: _to(self.device, v, self.dtype) for k, v in updates.items()},
+                                start=min(start, self.split.split))
         return LoadedModule(spec, head, prefix=_to(self.device, spec.load_prefix(task_dir), self.dtype))
 
     # -- passes ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def lower(self, input_ids: torch.Tensor, mask: torch.Tensor) -> LowerPass:
-        return self.split.lower(input_ids, mask)
+    def lower(self, input_ids: torch.Tensor, mask: torch.Tensor, keep_from: int | None = None) -> LowerPass:
+        """The shared frozen pass; `keep_from`: the first layer a deep module in play starts at."""
+        return self.split.lower(input_ids, mask, keep_from if keep_from is not None and keep_from < self.split.split else None)
 
     @torch.no_grad()
     def upper_features(self, lower: LowerPass, rows: torch.Tensor,
                        plan: list[tuple[LoadedModule, torch.Tensor, torch.Tensor | None]]) -> torch.Tensor:
         """Pooled output (heads.pooled) of the upper layers for `rows` of the lower pass; `plan` says which
         module(s) act on which of those rows (positions within `rows`), with optional per-row weights."""
-        hidden, mask = lower.hidden[rows], lower.mask[rows]
+        # a deep module's rows start below the split; the batch's other rows pass those layers frozen
+        start = min([self.split.split] + [module.start for module, _, _ in plan if module.start is not None])
+        hidden, mask = lower.entering(start, self.split.split)[rows], lower.mask[rows]
         device = hidden.device  # the hooks' index_add needs its row indices where the activations are (CUDA)
         self._plan = [(module, positions.to(device), None if weights is None else weights.to(device, hidden.dtype))
                       for module, positions, weights in plan]
         try:
-            out = self.split.upper(hidden, mask)
+            out = self.split.upper(hidden, mask, start)
         finally:
             self._plan = None
         return pooled(out, mask)
@@ -137,7 +147,7 @@ class RoutedModel:
         """Every row of a batch through one module."""
         if module.kind.batching == "upper":
             rows = torch.arange(len(input_ids))
-            return self.upper_features(self.lower(input_ids, mask), rows, [(module, rows, None)])
+            return self.upper_features(self.lower(input_ids, mask, module.start), rows, [(module, rows, None)])
         return self.prefix_features([module] * len(input_ids), input_ids, mask)
 
 

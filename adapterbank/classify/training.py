@@ -75,6 +75,21 @@ class LowerStates:
         return pad_states(states)
 
 
+def resolve_depth(config: ClassificationConfig, base_model, bank_layers: int) -> int:
+    """The top layers a task's module adapts: `config.depth`, else the bank's; checked against the kind and
+    the base (a prompt module enters at the input, so it has no depth)."""
+    from ..errors import AdapterBankError
+
+    if config.depth is None:
+        return bank_layers
+    if get_kind(config.kind).batching != "upper":
+        raise AdapterBankError(f"depth applies to kinds that adapt layers; a {config.kind!r} module enters at the input")
+    total = len(base_model.encoder.layer) if SplitEncoder.supports(base_model) else 0
+    if config.depth > total:
+        raise AdapterBankError(f"depth {config.depth}: the base has {total} transformer layers")
+    return config.depth
+
+
 def trains_on_upper(config: ClassificationConfig, base_model, upper_layers: int | None) -> bool:
     """Whether training runs on the upper layers over cached lower states (see the module docstring)."""
     return get_kind(config.kind).batching == "upper" and bool(upper_layers) and SplitEncoder.supports(base_model)

@@ -11,7 +11,7 @@ whole-model passes (`SplitEncoder.supports` tells which).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -26,6 +26,11 @@ class LowerPass:
     hidden: torch.Tensor  # [B, L, H] states entering the first upper layer
     mask: torch.Tensor  # [B, L] the 0/1 attention mask
     router_features: torch.Tensor  # [B, ROUTER_DEPTH * H], each layer's mean pool L2-normalised (then mapped)
+    earlier: dict[int, torch.Tensor] = field(default_factory=dict)  # layer index -> states entering it (deep modules)
+
+    def entering(self, layer: int, split: int) -> torch.Tensor:
+        """States entering `layer` (the split point, or an earlier layer the pass was asked to keep)."""
+        return self.hidden if layer == split else self.earlier[layer]
 
 
 def num_layers(model: torch.nn.Module) -> int:
@@ -59,20 +64,26 @@ class SplitEncoder:
 
         return create_bidirectional_mask(config=self.model.config, inputs_embeds=hidden, attention_mask=mask)
 
-    def lower(self, input_ids: torch.Tensor, mask: torch.Tensor) -> LowerPass:
+    def lower(self, input_ids: torch.Tensor, mask: torch.Tensor, keep_from: int | None = None) -> LowerPass:
+        """The frozen pass up to the split; `keep_from`: also keep the states entering each layer from that
+        one on (what modules deeper than the split start from)."""
         hidden = self.model.embeddings(input_ids=input_ids)
         prepared = self.attention_mask(mask, hidden)
         pooled = [hidden] if 0 in self.router_layers else []
+        earlier = {0: hidden} if keep_from == 0 else {}
         for index, layer in enumerate(self.model.encoder.layer[: self.split], start=1):
             hidden = layer(hidden, prepared)
             if index in self.router_layers:
                 pooled.append(hidden)
+            if keep_from is not None and keep_from <= index < self.split:
+                earlier[index] = hidden
         features = torch.cat([torch.nn.functional.normalize(mean_pool(h, mask).float(), dim=-1) for h in pooled], -1)
-        return LowerPass(hidden, mask, features if self.router_map is None else self.router_map(features))
+        return LowerPass(hidden, mask, features if self.router_map is None else self.router_map(features), earlier)
 
-    def upper(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Last hidden state from the split point on (with whatever module hooks are active)."""
+    def upper(self, hidden: torch.Tensor, mask: torch.Tensor, start: int | None = None) -> torch.Tensor:
+        """Last hidden state from the split point (or from layer `start`) on, with whatever module hooks are
+        active."""
         prepared = self.attention_mask(mask, hidden)
-        for layer in self.model.encoder.layer[self.split :]:
+        for layer in self.model.encoder.layer[self.split if start is None else start:]:
             hidden = layer(hidden, prepared)
         return hidden
