@@ -22,7 +22,7 @@ from adapterbank.data import load_texts
 from adapterbank.evaluation.online_protocol import DEFAULT_POINTS, ONLINE_BASELINES
 from adapterbank.evaluation.protocols import PROTOCOLS
 from adapterbank.kinds import DEFAULT_KIND, KINDS
-from adapterbank.routing.methods import METHODS
+from adapterbank.routing.methods import DEFAULT_OOD_QUANTILE, DEFAULT_PROMPT_OOD_QUANTILE, METHODS
 
 from . import output
 from .common import (TRAINING_SETTINGS, BankArg, Composition, DeviceOpt, Kind, KindOpt, MergeMethod, Objective,
@@ -121,7 +121,7 @@ def predict(
     composition: Composition = typer.Option("top1", "--composition", help="top1: the best task's module answers; output: the --top-k best modules' label probabilities mixed by the router's; weights: their updates mixed in one pass."),
     top_k: int = typer.Option(DEFAULT_TOP_K, "--top-k", help="Modules mixed by --composition output/weights."),
     method: Optional[RouterMethod] = typer.Option(None, "--method", help=f"Router method: {listing(METHODS)}.", show_default="bank.json's"),
-    ood_quantile: Optional[float] = typer.Option(None, "--ood-quantile", help="Out-of-scope threshold: a text less similar to its task than this fraction of the task's own training texts gets no label; 0 turns it off.", show_default="bank.json's (0.01)"),
+    ood_quantile: Optional[float] = typer.Option(None, "--ood-quantile", help="Out-of-scope threshold: a text less similar to its task than this fraction of the task's own training texts gets no label; 0 turns it off.", show_default=f"bank.json's ({DEFAULT_OOD_QUANTILE})"),
     task: Optional[str] = typer.Option(None, "--task", help="Skip routing: use this task's module."),
     top_labels: int = typer.Option(0, "--top-labels", help="Also print each text's best N labels with their probabilities (--json: a 'labels' list; tab-separated: a 'labels' column)."),
     batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, "--batch-size", help="Texts per forward pass."),
@@ -216,7 +216,7 @@ def generate(
     chat: Optional[Path] = typer.Option(None, "--chat", help="Conversations instead of prompts: .json with one conversation (a list of OpenAI chat messages) or a list of them, or .jsonl with {\"messages\": [...]} per line; the chat template is applied and routing reads the user turns."),
     task: Optional[str] = typer.Option(None, "--task", help="Skip routing: every prompt uses this task's module."),
     sample: bool = typer.Option(False, "--sample", help="Sample (with --temperature, --top-p) instead of greedy decoding."),
-    ood_quantile: Optional[float] = typer.Option(None, "--ood-quantile", help="A prompt less similar to its closest task than this fraction of the task's own data goes to the base; 0 turns it off.", show_default="bank.json's (0.01)"),
+    ood_quantile: Optional[float] = typer.Option(None, "--ood-quantile", help="A prompt less similar to its closest task than this fraction of the task's own data goes to the base; 0 turns it off.", show_default=f"bank.json's ({DEFAULT_PROMPT_OOD_QUANTILE})"),
     stream: bool = typer.Option(False, "--stream", help="Print the text as it is generated (one prompt or conversation)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per prompt (JSON Lines)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),

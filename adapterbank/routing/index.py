@@ -21,11 +21,9 @@ from safetensors.torch import save_file
 from .. import faults
 from ..store.files import write_atomic
 from ..store.registry import INDEX_FILE
-from .methods import DEFAULT_METHOD, METHODS
+from .methods import DEFAULT_METHOD, DEFAULT_OOD_QUANTILE, METHODS
 from .statistics import load_statistics
 
-DEFAULT_OOD_QUANTILE = 0.02  # a text scoring below this quantile of its task's own training texts is out of scope
-# (chosen on validation: CLINC150 refuses 2.9 % of in-scope validation texts, Banking77 1.8 %)
 
 
 @dataclass
@@ -105,11 +103,9 @@ class RouterIndex:
         per_task = METHODS[method].task_scores(self.t, features.float(), len(self.task_names))
         return torch.log_softmax(per_task, dim=-1)
 
-    def in_scope(self, features: torch.Tensor, tasks: torch.Tensor, quantile: float) -> torch.Tensor:
-        """Whether each text is at least as close to its routed task's classes as the task's own
-        training texts at `quantile` (0 accepts everything)."""
-        if quantile <= 0:
-            return torch.ones(len(tasks), dtype=torch.bool)
+    def scope_scores(self, features: torch.Tensor, tasks: torch.Tensor) -> torch.Tensor:
+        """Each text's cosine to the nearest class of its task (`tasks`: index positions): what the
+        out-of-scope test compares with the task's quantiles (higher is more in scope)."""
         self._weights()
         # a task's classes are one contiguous block of the index: score each row against its task only
         sizes = torch.bincount(self.t["owner"], minlength=len(self.task_names))
@@ -120,6 +116,14 @@ class RouterIndex:
             rows = (tasks == task).nonzero().squeeze(1)
             block = self.t["prototypes"][starts[task]:starts[task] + int(sizes[task])]
             best[rows] = (x[rows] @ block.T).max(-1).values
+        return best
+
+    def in_scope(self, features: torch.Tensor, tasks: torch.Tensor, quantile: float) -> torch.Tensor:
+        """Whether each text is at least as close to its routed task's classes as the task's own
+        training texts at `quantile` (0 accepts everything)."""
+        if quantile <= 0:
+            return torch.ones(len(tasks), dtype=torch.bool)
+        best = self.scope_scores(features, tasks)
         position = quantile * 100
         low, frac = int(position), position - int(position)
         table = self.t["thresholds"][tasks]
