@@ -51,8 +51,10 @@ def main() -> None:
         if name not in TASK_COUNTS and name not in DOMAIN_SEQUENCES:
             parser.error(f"unknown dataset {name!r}; choose from: {', '.join([*TASK_COUNTS, *DOMAIN_SEQUENCES])}")
         started = time.perf_counter()
+        dropped = 0
         if name in DOMAIN_SEQUENCES:
-            tasks = load_scenario(args.data_root / name, "domain", order=DOMAIN_SEQUENCES[name], seed=args.seed,
+            root, dropped = without_blank_texts(args.data_root / name, DOMAIN_SEQUENCES[name])
+            tasks = load_scenario(root, "domain", order=DOMAIN_SEQUENCES[name], seed=args.seed,
                                   max_train_per_class=args.max_train_per_class)
         else:
             tasks = load_scenario(args.data_root / name, "class", n_tasks=TASK_COUNTS[name], seed=args.seed,
@@ -70,9 +72,24 @@ def main() -> None:
         summary[name]["baselines"] = {k: {m: v.get(m) for m in ("average_accuracy", "bwt", "forgetting")}
                                       for k, v in results["baselines"].items()}
         summary[name]["wall_s"] = results["wall_s"]
+        summary[name]["blank_texts_dropped"] = dropped
         summary[name]["run_s"] = round(time.perf_counter() - started, 1)
         summary[name]["report"] = str(args.out / name / report.REPORT_FILE)
     print(json.dumps(summary, indent=2))
+
+
+def without_blank_texts(root: Path, folders: list[str]) -> tuple[Path, int]:
+    """A temp copy of `folders` under `root` without the rows whose text is blank (sentence_suite/cr has 4,
+    which the loader rightly refuses), and how many were dropped."""
+    out, dropped = Path(tempfile.mkdtemp(prefix="adapterbank-domain-")), 0
+    for folder in folders:
+        (out / folder).mkdir()
+        for split in sorted((root / folder).glob("*.jsonl")):
+            rows = [line for line in split.read_text(encoding="utf-8").splitlines() if line.strip()]
+            kept = [line for line in rows if json.loads(line)["text"].strip()]
+            dropped += len(rows) - len(kept)
+            (out / folder / split.name).write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    return out, dropped
 
 
 def add_baselines(args) -> None:
