@@ -292,7 +292,7 @@ def test_route_on_a_classification_bank(bank, task_files):
 def test_task_json_records_the_config_and_a_sha256_data_fingerprint(bank, task_files):
     info = bank.add_task("beta", task_files["beta"][0], kind="prompt", virtual_tokens=4, **FAST)
     assert info.record["config"] == {"kind": "prompt", "params": {"virtual_tokens": 4}, "epochs": 8, "lr": None,
-                                     "batch_size": 32, "seed": 0, "max_length": 128}
+                                     "batch_size": 32, "seed": 0, "max_length": 128, "depth": None}
     assert info.record["hyperparameters"]["virtual_tokens"] == 4
     assert info.record["data"]["train_fingerprint"].startswith("sha256:")
 
