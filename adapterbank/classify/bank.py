@@ -122,7 +122,6 @@ class ClassifierBank(AdapterBank, family="classifier"):
     def router_map(self):
         """The kernel map the router's statistics live in (routing/kernel.py); None in banks made before it."""
         from ..routing.kernel import KernelMap
-
         return KernelMap.from_manifest(self.registry.manifest["router"].get("kernel"))
 
     # -- training -------------------------------------------------------------------------------
@@ -173,8 +172,7 @@ class ClassifierBank(AdapterBank, family="classifier"):
         token_ids = tokenize(base.tokenizer, train_set.texts, config.max_length)
         depth = resolve_depth(config, base.model, self.upper_layers)
         cache = DEFAULT_CACHE_BYTES if trains_on_upper(config, base.model, depth) and len(labels) > 1 else 0
-        # a deeper module's split is not the router's: its router features come from the bank's own lower pass
-        shared = depth == self.upper_layers
+        shared = depth == self.upper_layers  # else the module's split is not the router's: features from the bank's
         lower = LowerStates(SplitEncoder(base.model, depth, self.router_map if shared else None), base.tokenizer,
                             token_ids, self.device, cache)
         faults.point("lower-pass")
@@ -256,9 +254,10 @@ class ClassifierBank(AdapterBank, family="classifier"):
         k = 1 if composition == "top1" else top_k
         token_ids = tokenize(base.tokenizer, texts, _max_length(records))
         results: list[Prediction | None] = [None] * len(texts)
+        keep_from = model.first_layer([(info.record.get("config") or {}).get("depth") for info in records.values()])
         for batch in tqdm(length_batches(token_ids, batch_size), desc="predict", unit="batch", disable=not progress, leave=False):
             input_ids, mask = collate([token_ids[i] for i in batch], pad_id_of(base.tokenizer), self.device)
-            lower = model.lower(input_ids, mask, _first_layer(records, model))
+            lower = model.lower(input_ids, mask, keep_from)
             if task is not None:
                 routes = [Route([task], [1.0]) for _ in batch]
             else:
@@ -299,11 +298,11 @@ class ClassifierBank(AdapterBank, family="classifier"):
         return self._features_of(tokenize(self.base.tokenizer, texts, _max_length(records)))
 
     def _features_of(self, token_ids):
+        """The router's features of tokenized texts, from the bank's own split (whatever a task's depth)."""
         from ..core.encoding import map_batches
 
-        model = self._model()
-        return map_batches(lambda ids, mask: model.lower(ids, mask).router_features, token_ids, self.base.tokenizer,
-                           self.device)
+        lower = self._model().lower
+        return map_batches(lambda ids, mask: lower(ids, mask).router_features, token_ids, self.base.tokenizer, self.device)
 
     def _sync(self, records: dict[str, TaskInfo]):
         """Router index for the tasks on disk now. Tasks added, removed or replaced
@@ -373,13 +372,6 @@ class ClassifierBank(AdapterBank, family="classifier"):
         from .heads import export_head
 
         export_head(info.path, directory, info.labels, _max_length({info.name: info}))
-
-
-def _first_layer(records: dict[str, TaskInfo], model) -> int:
-    """The lowest layer any task's module adapts: the shared pass keeps the states from there on."""
-    total, default = len(model.model.encoder.layer), model.split.split
-    return min([default] + [total - info.record["config"]["depth"] for info in records.values()
-                            if (info.record.get("config") or {}).get("depth")])
 
 
 def _max_length(records: dict[str, TaskInfo]) -> int:

@@ -108,10 +108,17 @@ class RoutedModel:
         return LoadedModule(spec, head, prefix=_to(self.device, spec.load_prefix(task_dir), self.dtype))
 
     # -- passes ---------------------------------------------------------------------------------
+    def first_layer(self, depths: list[int | None]) -> int | None:
+        """The lowest layer that tasks of these depths adapt, when below the split (None: nothing to keep)."""
+        deepest = max([d for d in depths if d] or [0])
+        start = num_layers(self.model) - deepest
+        return start if start < self.split.split else None
+
     @torch.no_grad()
     def lower(self, input_ids: torch.Tensor, mask: torch.Tensor, keep_from: int | None = None) -> LowerPass:
         """The shared frozen pass; `keep_from`: the first layer a deep module in play starts at."""
-        return self.split.lower(input_ids, mask, keep_from if keep_from is not None and keep_from < self.split.split else None)
+        return self.split.lower(input_ids, mask, keep_from if keep_from is not None and keep_from < self.split.split
+                                else None)
 
     @torch.no_grad()
     def upper_features(self, lower: LowerPass, rows: torch.Tensor,

@@ -20,7 +20,7 @@ import torch
 from peft import get_peft_model
 
 from ..core import loop
-from ..core.backbone import SplitEncoder
+from ..core.backbone import SplitEncoder, num_layers
 from ..core.encoding import collate, length_batches, mean_pool, pad_id_of, pad_states
 from ..kinds import get_kind, quiet_peft
 from .config import HEAD_LR, ClassificationConfig
@@ -84,7 +84,7 @@ def resolve_depth(config: ClassificationConfig, base_model, bank_layers: int) ->
         return bank_layers
     if get_kind(config.kind).batching != "upper":
         raise AdapterBankError(f"depth applies to kinds that adapt layers; a {config.kind!r} module enters at the input")
-    total = len(base_model.encoder.layer) if SplitEncoder.supports(base_model) else 0
+    total = num_layers(base_model) if SplitEncoder.supports(base_model) else 0
     if config.depth > total:
         raise AdapterBankError(f"depth {config.depth}: the base has {total} transformer layers")
     return config.depth
