@@ -150,7 +150,7 @@ def import_causal(bank, name: str, directory: Path, config: dict, kind, examples
     texts, source = as_corpus(examples)
     check_examples(len(texts), source)
     check_fits(bank.base.model, directory, config)
-    stats = class_statistics(bank._router_features(texts, {}), [0] * len(texts), 1)
+    stats = class_statistics(bank._router_features(texts, {}), [0] * len(texts), 1, held_out_scope=False)  # causal: cosine scope
     record = imported_record(bank, kind, config, directory, named, len(texts), source)
     with bank.registry.stage_task(name, record) as staging:
         shutil.copyfile(directory / ADAPTER_WEIGHTS, staging / ADAPTER_WEIGHTS)

@@ -91,8 +91,8 @@ def joint_baseline(bank, train, test, labels):
 
 
 def oos_auroc(bank, in_scope: list[str], out_of_scope: list[str]) -> float:
-    """Area under the ROC curve of the score the out-of-scope test thresholds (cosine to the routed task's
-    nearest class): the chance that an in-scope text scores above an out-of-scope one."""
+    """Area under the ROC curve of the score the out-of-scope test thresholds (routing/scope.py: the routed
+    task's own distance to its nearest class): the chance that an in-scope text scores above an out-of-scope one."""
     index = bank._index(bank._records())
 
     def scores(texts):
@@ -112,7 +112,8 @@ def cold_open(bank_dir: Path, template: str, n_tasks: int, per_task: int = 10):
     dim = bank.registry.manifest["router"]["feature_dim"]
     g = torch.Generator().manual_seed(0)
     packed = dict(zip(PACKED, pack_covariance(torch.eye(dim) / dim)))  # packed once: no eigh per synthetic task
-    stats = {"counts": torch.full((per_task,), 50.0), **packed, "score_quantiles": torch.linspace(0.3, 1.0, 101)}
+    # a held-out distance table, as add-task writes: the first answer reads the routed task's factor from its file
+    stats = {"counts": torch.full((per_task,), 50.0), **packed, "scope_quantiles": -torch.linspace(4.0, 1.0, 101)}
     for i in range(n_tasks):
         name = f"synthetic-{i:04d}"
         record = {**source.record, "labels": [f"{name}-{j}" for j in range(per_task)]}

@@ -101,7 +101,7 @@ def _router_view(bank, texts: list[str], held_out_texts: Callable[[], list[str]]
     from ..routing.statistics import class_statistics
 
     features = bank._router_features(texts, {})
-    stats = class_statistics(features, [0] * len(features), 1)
+    stats = class_statistics(features, [0] * len(features), 1, held_out_scope=False)
     faults.point("lower-pass")
     return stats, in_scope_share(stats, bank._router_features(held_out_texts(), {}), bank._router_settings(None, None)[1])
 

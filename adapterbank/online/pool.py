@@ -146,7 +146,8 @@ class PendingView:
         self.stats: list[dict] = []
         if self.labels:
             index = {label: i for i, label in enumerate(self.labels)}
-            stats = class_statistics(pool.features.float(), [index[e["label"]] for e in pool.examples], len(self.labels))
+            stats = class_statistics(pool.features.float(), [index[e["label"]] for e in pool.examples], len(self.labels),
+                                     held_out_scope=False)  # pseudo-tasks: always in scope
             for i in range(len(self.labels)):
                 self.stats.append({"means": stats["means"][i:i + 1], "counts": stats["counts"][i:i + 1],
                                    "covariance": stats["covariance"], "score_quantiles": torch.zeros(101)})
@@ -162,6 +163,7 @@ class PendingView:
             return self._extended[1]
         base = index if index is not None else RouterIndex.empty(dim)
         extended = RouterIndex(list(base.task_names), list(base.task_ids), dict(base.t))
+        extended.parts = base.parts
         self._fold_covered(extended, records)
         for name, stats in zip(self.records, self.stats):
             extended.add(name, name, stats)

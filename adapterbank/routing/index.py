@@ -3,8 +3,8 @@
 The index is derived data, kept in `router_index.safetensors` at the bank root keyed by the task ids it
 was built from, so a bank of 1,000 tasks opens without reading 1,000 files; when it is missing, stale
 or damaged it is rebuilt from the task files. Scoring is the router method's (methods.py); the
-out-of-scope test is the same for every method: cosine to the routed task's nearest class, against the
-task's own training texts' quantile.
+out-of-scope test is the same for every method: the routed task's own distance to its nearest class
+(scope.py; cosine for tasks made before it and for causal banks), against the task's own quantile table.
 """
 
 from __future__ import annotations
@@ -22,7 +22,10 @@ from .. import faults
 from ..store.files import write_atomic
 from ..store.registry import INDEX_FILE
 from .methods import DEFAULT_METHOD, DEFAULT_OOD_QUANTILE, METHODS
-from .statistics import load_statistics
+from .scope import ScopeParts, nearest_distance
+from .statistics import PACKED, load_factor, load_statistics
+
+COSINE, HELD_OUT_DISTANCE = 0, 1  # a task's out-of-scope score (`scope_kind`): which table its statistics hold
 
 
 
@@ -42,6 +45,8 @@ class RouterIndex:
     def __init__(self, task_names: list[str], task_ids: list[str], tensors: dict[str, torch.Tensor]):
         self.task_names, self.task_ids = task_names, task_ids
         self.t = tensors
+        self.t.setdefault("scope_kind", torch.zeros(len(task_names), dtype=torch.long))  # indexes saved before: cosine
+        self.parts = ScopeParts()  # covariance factors for the out-of-scope test, read on first use
         self._fresh_weights = False
 
     # -- building -------------------------------------------------------------------------------
@@ -49,7 +54,7 @@ class RouterIndex:
     def empty(cls, dim: int) -> "RouterIndex":
         return cls([], [], {"means": torch.zeros(0, dim), "owner": torch.zeros(0, dtype=torch.long),
                             "scatter": torch.zeros(dim, dim, dtype=torch.float64), "total": torch.zeros(1, dtype=torch.float64),
-                            "thresholds": torch.zeros(0, 101)})
+                            "thresholds": torch.zeros(0, 101), "scope_kind": torch.zeros(0, dtype=torch.long)})
 
     def add(self, name: str, task_id: str, stats: dict[str, torch.Tensor]) -> None:
         t, n = self.t, stats["counts"].sum().double()
@@ -58,7 +63,12 @@ class RouterIndex:
         t["owner"] = torch.cat([t["owner"], owner])
         t["scatter"] = t["scatter"] + stats["covariance"].double() * n
         t["total"] = t["total"] + n
-        t["thresholds"] = torch.cat([t["thresholds"], stats["score_quantiles"].float().view(1, -1)])
+        held_out = "scope_quantiles" in stats
+        table = stats["scope_quantiles" if held_out else "score_quantiles"]
+        t["thresholds"] = torch.cat([t["thresholds"], table.float().view(1, -1)])
+        t["scope_kind"] = torch.cat([t["scope_kind"], torch.tensor([HELD_OUT_DISTANCE if held_out else COSINE])])
+        if held_out and PACKED[0] in stats:
+            self.parts.put(task_id, {key: stats[key] for key in PACKED})
         self.task_names.append(name)
         self.task_ids.append(task_id)
         self._fresh_weights = False
@@ -104,18 +114,24 @@ class RouterIndex:
         return torch.log_softmax(per_task, dim=-1)
 
     def scope_scores(self, features: torch.Tensor, tasks: torch.Tensor) -> torch.Tensor:
-        """Each text's cosine to the nearest class of its task (`tasks`: index positions): what the
-        out-of-scope test compares with the task's quantiles (higher is more in scope)."""
+        """Each text's out-of-scope score against its task (`tasks`: index positions), what the test
+        compares with the task's quantile table (higher is more in scope): minus the held-out distance
+        to the task's nearest class (scope.py), or the cosine to it for tasks that keep a cosine table."""
         self._weights()
         # a task's classes are one contiguous block of the index: score each row against its task only
         sizes = torch.bincount(self.t["owner"], minlength=len(self.task_names))
         starts = (sizes.cumsum(0) - sizes).tolist()
-        x = torch.nn.functional.normalize(features.float(), dim=-1)
+        x = features.float()
+        unit = torch.nn.functional.normalize(x, dim=-1)
         best = x.new_empty(len(tasks))
         for task in tasks.unique().tolist():
             rows = (tasks == task).nonzero().squeeze(1)
-            block = self.t["prototypes"][starts[task]:starts[task] + int(sizes[task])]
-            best[rows] = (x[rows] @ block.T).max(-1).values
+            block = slice(starts[task], starts[task] + int(sizes[task]))
+            if int(self.t["scope_kind"][task]) == HELD_OUT_DISTANCE:
+                parts = self.parts.get(self.task_names[task], self.task_ids[task])
+                best[rows] = -nearest_distance(x[rows], self.t["means"][block], *(parts[key] for key in PACKED))
+            else:
+                best[rows] = (unit[rows] @ self.t["prototypes"][block].T).max(-1).values
         return best
 
     def in_scope(self, features: torch.Tensor, tasks: torch.Tensor, quantile: float) -> torch.Tensor:
@@ -174,14 +190,19 @@ def sync_index(bank_root: Path, tasks: dict[str, tuple[str, Path]], dim: int, ca
         except Exception:  # derived data: a damaged index is rebuilt, never trusted
             index = None
     have = list(zip(index.task_names, index.task_ids)) if index is not None else []
-    if have == wanted and index is not None:
-        return index
-    if index is None or have != wanted[: len(have)] or index.t["means"].shape[1] != dim:
+    if index is None or (have != wanted and (have != wanted[: len(have)] or index.t["means"].shape[1] != dim)):
         index, have = RouterIndex.empty(dim), []
     for name, task_id in wanted[len(have):]:
         if verify is not None:
             verify(name)
         index.add(name, task_id, load_statistics(tasks[name][1]))
+
+    def factor_of(name: str) -> dict[str, torch.Tensor]:
+        if verify is not None:  # a saved index skips the task files: check this one before it is read
+            verify(name)
+        return load_factor(tasks[name][1])
+
+    index.parts.source = factor_of
     return index
 
 

@@ -1,7 +1,9 @@
 """What the router keeps of a task: statistics of its texts' features, never the texts themselves.
 
 Per task, `router.safetensors` holds class means and counts, the within-class covariance and the
-quantiles of the task's own training texts' similarity to its classes (the out-of-scope threshold).
+out-of-scope threshold table: `scope_quantiles`, of the task's held-out distances to its classes
+(scope.py), or in banks made before and in causal banks `score_quantiles`, of its training texts'
+leave-one-out cosine to its classes.
 
 The covariance is most of the file (2048 x 2048 in a MiniLM bank's kernel space, routing/kernel.py).
 It is stored as a factor: its top eigenvectors scaled by the square roots of their eigenvalues, in int8
@@ -17,30 +19,36 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+
+from .scope import held_out_quantiles
 
 ROUTER_FILE = "router.safetensors"
 
 
-def class_statistics(features: torch.Tensor, targets: Sequence[int], n_classes: int) -> dict[str, torch.Tensor]:
-    """Class means/counts, within-class covariance, and the quantiles of the training texts'
-    leave-one-out best cosine to the task's classes."""
+def class_statistics(features: torch.Tensor, targets: Sequence[int], n_classes: int,
+                     held_out_scope: bool = True) -> dict[str, torch.Tensor]:
+    """Class means/counts, within-class covariance, and the out-of-scope table: the held-out distance
+    quantiles of scope.py, or (`held_out_scope=False`: causal banks, whose threshold was measured with
+    it) the quantiles of the training texts' leave-one-out best cosine to the task's classes."""
     x = features.float()
-    rows = torch.as_tensor(list(targets))
+    rows = torch.as_tensor(list(targets), dtype=torch.long)
     counts = torch.bincount(rows, minlength=n_classes).float()
     sums = torch.zeros(n_classes, x.shape[1]).index_add_(0, rows, x)
     means = sums / counts.clamp_min(1).unsqueeze(1)
     centred = x - means[rows]
     covariance = centred.T @ centred / max(len(x), 1)
+    packed = dict(zip(PACKED, pack_covariance(covariance)))
+    stats = {"means": means, "counts": counts, **packed, "covariance": unpack_covariance(*packed.values())}
+    if held_out_scope:
+        return {**stats, "scope_quantiles": held_out_quantiles(x, rows, n_classes)}
     # leave-one-out class means: a text is scored against prototypes that do not contain it
     loo_own = (sums[rows] - x) / (counts[rows] - 1).clamp_min(1).unsqueeze(1)
     cos = torch.nn.functional.normalize(x, dim=-1) @ torch.nn.functional.normalize(means, dim=-1).T
     own = torch.nn.functional.cosine_similarity(x, loo_own, dim=-1)
     cos[torch.arange(len(x)), rows] = torch.where(counts[rows] > 1, own, cos[torch.arange(len(x)), rows])
-    quantiles = torch.quantile(cos.max(-1).values, torch.linspace(0, 1, 101))
-    packed = dict(zip(PACKED, pack_covariance(covariance)))
-    return {"means": means, "counts": counts, **packed, "covariance": unpack_covariance(*packed.values()),
-            "score_quantiles": quantiles}
+    return {**stats, "score_quantiles": torch.quantile(cos.max(-1).values, torch.linspace(0, 1, 101))}
 
 
 PACKED = ("covariance_factor", "covariance_scales", "covariance_tail")  # how the covariance is stored
@@ -72,6 +80,12 @@ def save_statistics(task_dir: Path, stats: dict[str, torch.Tensor]) -> None:
     if PACKED[0] not in tensors:  # statistics made elsewhere (a benchmark, an older caller): pack them here
         tensors.update(zip(PACKED, pack_covariance(stats["covariance"])))
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(Path(task_dir) / ROUTER_FILE))
+
+
+def load_factor(task_dir: Path) -> dict[str, torch.Tensor]:
+    """Only the stored covariance factor (what the out-of-scope test needs), not unpacked."""
+    with safe_open(str(Path(task_dir) / ROUTER_FILE), framework="pt") as handle:
+        return {key: handle.get_tensor(key) for key in PACKED}
 
 
 def load_statistics(task_dir: Path) -> dict[str, torch.Tensor]:

@@ -14,7 +14,7 @@ def _gaussian_task(centres: list[list[float]], per_class: int, seed: int, spread
 
 def test_class_statistics_means_counts_covariance_and_leave_one_out_quantiles():
     x = torch.tensor([[1.0, 0.0], [3.0, 0.0], [0.0, 1.0], [0.0, 3.0]])
-    stats = class_statistics(x, [0, 0, 1, 1], 2)
+    stats = class_statistics(x, [0, 0, 1, 1], 2, held_out_scope=False)  # the cosine table (causal banks)
     assert torch.allclose(stats["means"], torch.tensor([[2.0, 0.0], [0.0, 2.0]]))
     assert stats["counts"].tolist() == [2.0, 2.0]
     # within-class scatter / n: each class contributes (+-1)^2 on its own axis

@@ -1,0 +1,107 @@
+"""Out of scope: is a text close enough to the task the router chose, by that task's own statistics?
+
+The score is the Mahalanobis distance to the task's nearest class under the task's *own* within-class
+covariance, shrunk toward a scaled identity (`SCOPE_SHRINKAGE`). The router's shared covariance is not
+used: it changes with every task added, and a threshold calibrated under it drifted (4-6 % of in-scope
+texts refused at the setting meant for 1 %). A task's own statistics never change, so its threshold holds.
+
+The threshold is a quantile of *held-out* distances: `SCOPE_FOLDS`-fold, each text scored against class
+means and a covariance estimated without it. In-sample distances are too small in 2,048 dimensions from a
+thousand texts (12-29 % of in-scope texts were refused at 1 %).
+
+At answer time the covariance is the task's stored factor (statistics.py: F F^T + tail I, F's columns
+orthogonal), so the distance costs one [D, k] product a text, no matrix inverse.
+
+Chosen on validation (MiniLM kernel features; CLINC150's validation split with its out-of-scope texts, and
+Banking77's carved fifth with 11 held-out intents as out of scope): AUROC 0.972 / 0.799 at shrinkage 0.4
+against 0.959 / 0.741 for the cosine to the nearest class, which banks made before (and causal banks) use.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable
+
+import torch
+
+SCOPE_SHRINKAGE = 0.4  # weight of the scaled identity in a task's own covariance (validation: 0.2-0.8 within 0.003 AUROC)
+SCOPE_FOLDS = 5
+QUANTILES = 101  # the stored table: quantiles 0, 0.01, ..., 1 of the held-out scores
+PARTS_CACHED = 64  # tasks whose covariance factor is kept in memory for the out-of-scope test
+
+
+def _shrunk(covariance: torch.Tensor) -> torch.Tensor:
+    scale = covariance.diagonal().mean().clamp_min(1e-12)
+    return (1 - SCOPE_SHRINKAGE) * covariance + SCOPE_SHRINKAGE * scale * torch.eye(len(covariance), dtype=covariance.dtype)
+
+
+def _dense_distances(x: torch.Tensor, means: torch.Tensor, covariance: torch.Tensor) -> torch.Tensor:
+    """[B] squared Mahalanobis distance of each row to its nearest mean under the shrunk `covariance`."""
+    chol = torch.linalg.cholesky(_shrunk(covariance))
+    z = torch.linalg.solve_triangular(chol, x.T, upper=False).T
+    centres = torch.linalg.solve_triangular(chol, means.T, upper=False).T
+    return torch.cdist(z, centres).pow(2).min(-1).values
+
+
+def held_out_quantiles(features: torch.Tensor, rows: torch.Tensor, n_classes: int, seed: int = 0) -> torch.Tensor:
+    """[QUANTILES] quantiles of the task's texts' held-out scores (minus the distance: higher is more in
+    scope). A task with fewer texts than folds is scored in sample (its threshold is then lenient)."""
+    x = features.double()
+    folds = min(SCOPE_FOLDS, len(x))
+    assignment = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed)) % max(folds, 1)
+    distances = torch.empty(len(x), dtype=torch.float64)
+    for fold in range(max(folds, 1)):
+        held = assignment == fold
+        fit = ~held if folds > 1 else held
+        counts = torch.bincount(rows[fit], minlength=n_classes).double()
+        sums = torch.zeros(n_classes, x.shape[1], dtype=torch.float64).index_add_(0, rows[fit], x[fit])
+        present = counts > 0  # a class with no text in this fold's fit part has no mean to be near
+        means = (sums / counts.clamp_min(1).unsqueeze(1))[present]
+        centred = x[fit] - (sums / counts.clamp_min(1).unsqueeze(1))[rows[fit]]
+        distances[held] = _dense_distances(x[held], means, centred.T @ centred / int(fit.sum()))
+    return torch.quantile(-distances, torch.linspace(0, 1, QUANTILES, dtype=torch.float64)).float()
+
+
+def nearest_distance(x: torch.Tensor, means: torch.Tensor, factor: torch.Tensor, scales: torch.Tensor,
+                     tail: torch.Tensor) -> torch.Tensor:
+    """[B] as `_dense_distances` with the covariance F F^T + tail I given by its stored factor: with
+    a = the shrunk isotropic part and v_i, l_i F's unit columns and squared norms, the inverse is
+    (I - sum_i w_i v_i v_i^T) / a, w_i = c l_i / (a + c l_i), c = 1 - shrinkage."""
+    f = factor.float() * scales.float()
+    lengths = f.pow(2).sum(0)
+    dim, keep = f.shape[0], 1 - SCOPE_SHRINKAGE
+    scale = (lengths.sum() + dim * tail.float()) / dim  # the mean of the covariance's diagonal
+    a = keep * tail.float() + SCOPE_SHRINKAGE * scale
+    weights = keep * lengths / (a + keep * lengths)
+    units = f / lengths.clamp_min(1e-30).sqrt()
+    x, means = x.float(), means.float()
+    along = x @ units
+    along_means = means @ units
+    squared = x.pow(2).sum(-1, keepdim=True) - 2 * x @ means.T + means.pow(2).sum(-1)
+    projected = ((along.unsqueeze(1) - along_means.unsqueeze(0)).pow(2) * weights).sum(-1)
+    return ((squared - projected) / a).min(-1).values
+
+
+class ScopeParts:
+    """The tasks' covariance factors for the out-of-scope test: the index holds only what routing needs,
+    so a task's factor is read from its file (`source(name)`) when a text is first routed to it, and the
+    last PARTS_CACHED are kept."""
+
+    def __init__(self, source: Callable[[str], dict[str, torch.Tensor]] | None = None):
+        self.source = source
+        self._cache: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
+
+    def put(self, task_id: str, parts: dict[str, torch.Tensor]) -> None:
+        self._cache[task_id] = parts
+        self._cache.move_to_end(task_id)
+        while len(self._cache) > PARTS_CACHED:
+            self._cache.popitem(last=False)
+
+    def get(self, name: str, task_id: str) -> dict[str, torch.Tensor]:
+        """Keyed by the task's id: a task replaced under the same name is read afresh."""
+        if task_id not in self._cache:
+            if self.source is None:
+                raise KeyError(f"no covariance factor for task {name!r}")
+            self.put(task_id, self.source(name))
+        self._cache.move_to_end(task_id)
+        return self._cache[task_id]
