@@ -121,7 +121,7 @@ def predict(
     composition: Composition = typer.Option("top1", "--composition", help="top1: the best task's module answers; output: the --top-k best modules' label probabilities mixed by the router's; weights: their updates mixed in one pass."),
     top_k: int = typer.Option(DEFAULT_TOP_K, "--top-k", help="Modules mixed by --composition output/weights."),
     method: Optional[RouterMethod] = typer.Option(None, "--method", help=f"Router method: {listing(METHODS)}.", show_default="bank.json's"),
-    ood_quantile: Optional[float] = typer.Option(None, "--ood-quantile", help="Out-of-scope threshold: a text less similar to its task than this fraction of the task's own training texts gets no label; 0 turns it off.", show_default=f"bank.json's ({DEFAULT_OOD_QUANTILE})"),
+    ood_quantile: Optional[float] = typer.Option(None, "--ood-quantile", help="Out-of-scope threshold: about this share of a task's in-scope texts are refused (a text farther from its task's classes than that quantile of the task's own held-out texts gets no label); 0 turns it off.", show_default=f"bank.json's ({DEFAULT_OOD_QUANTILE})"),
     task: Optional[str] = typer.Option(None, "--task", help="Skip routing: use this task's module."),
     top_labels: int = typer.Option(0, "--top-labels", help="Also print each text's best N labels with their probabilities (--json: a 'labels' list; tab-separated: a 'labels' column)."),
     batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, "--batch-size", help="Texts per forward pass."),

@@ -30,8 +30,8 @@ class Prediction:
 
     `score` is the router's probability for `task` times the module's probability for `label`;
     `candidates` lists the tasks the router considered, best first, with its probability for each.
-    `label` and `task` are None when the text is out of scope: it fits no task's classes as well as
-    that task's own training texts did (the router's `ood_quantile` threshold); `closest` then still
+    `label` and `task` are None when the text is out of scope: it is farther from its task's classes
+    than that task's own held-out texts at the `ood_quantile` (routing/scope.py); `closest` then still
     says which (task, label) it came nearest to. `labels`: the `top_labels` best labels with their
     probabilities (predict's `top_labels=`; empty by default).
     """

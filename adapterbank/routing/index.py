@@ -136,7 +136,7 @@ class RouterIndex:
 
     def in_scope(self, features: torch.Tensor, tasks: torch.Tensor, quantile: float) -> torch.Tensor:
         """Whether each text is at least as close to its routed task's classes as the task's own
-        training texts at `quantile` (0 accepts everything)."""
+        texts at `quantile` of its table (0 accepts everything)."""
         if quantile <= 0:
             return torch.ones(len(tasks), dtype=torch.bool)
         best = self.scope_scores(features, tasks)
