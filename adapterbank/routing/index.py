@@ -68,7 +68,7 @@ class RouterIndex:
         t["thresholds"] = torch.cat([t["thresholds"], table.float().view(1, -1)])
         t["scope_kind"] = torch.cat([t["scope_kind"], torch.tensor([HELD_OUT_DISTANCE if held_out else COSINE])])
         if held_out and PACKED[0] in stats:
-            self.parts.put(task_id, {key: stats[key] for key in PACKED})
+            self.parts.put(task_id, {key: stats[key] for key in PACKED})  # in memory already: no file read later
         self.task_names.append(name)
         self.task_ids.append(task_id)
         self._fresh_weights = False
@@ -128,8 +128,8 @@ class RouterIndex:
             rows = (tasks == task).nonzero().squeeze(1)
             block = slice(starts[task], starts[task] + int(sizes[task]))
             if int(self.t["scope_kind"][task]) == HELD_OUT_DISTANCE:
-                parts = self.parts.get(self.task_names[task], self.task_ids[task])
-                best[rows] = -nearest_distance(x[rows], self.t["means"][block], *(parts[key] for key in PACKED))
+                whitener = self.parts.get(self.task_names[task], self.task_ids[task])
+                best[rows] = -nearest_distance(x[rows], self.t["means"][block], *whitener)
             else:
                 best[rows] = (unit[rows] @ self.t["prototypes"][block].T).max(-1).values
         return best

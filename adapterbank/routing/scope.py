@@ -27,7 +27,7 @@ import torch
 SCOPE_SHRINKAGE = 0.4  # weight of the scaled identity in a task's own covariance (validation: 0.2-0.8 within 0.003 AUROC)
 SCOPE_FOLDS = 5
 QUANTILES = 101  # the stored table: quantiles 0, 0.01, ..., 1 of the held-out scores
-PARTS_CACHED = 64  # tasks whose covariance factor is kept in memory for the out-of-scope test
+PARTS_CACHED = 32  # tasks whose whitener is kept in memory for the out-of-scope test
 
 
 def _shrunk(covariance: torch.Tensor) -> torch.Tensor:
@@ -62,43 +62,45 @@ def held_out_quantiles(features: torch.Tensor, rows: torch.Tensor, n_classes: in
     return torch.quantile(-distances, torch.linspace(0, 1, QUANTILES, dtype=torch.float64)).float()
 
 
-def nearest_distance(x: torch.Tensor, means: torch.Tensor, factor: torch.Tensor, scales: torch.Tensor,
-                     tail: torch.Tensor) -> torch.Tensor:
-    """[B] as `_dense_distances` with the covariance F F^T + tail I given by its stored factor: with
-    a = the shrunk isotropic part and v_i, l_i F's unit columns and squared norms, the inverse is
-    (I - sum_i w_i v_i v_i^T) / a, w_i = c l_i / (a + c l_i), c = 1 - shrinkage."""
+def whitener(factor: torch.Tensor, scales: torch.Tensor, tail: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(P [D, k], a) with the shrunk inverse of the covariance F F^T + tail I (the stored factor) equal to
+    (I - P P^T) / a: a is the shrunk isotropic part, P's columns are F's unit columns v_i times
+    sqrt(c l_i / (a + c l_i)), l_i their squared norms, c = 1 - shrinkage (F's columns are orthogonal)."""
     f = factor.float() * scales.float()
     lengths = f.pow(2).sum(0)
-    dim, keep = f.shape[0], 1 - SCOPE_SHRINKAGE
-    scale = (lengths.sum() + dim * tail.float()) / dim  # the mean of the covariance's diagonal
+    keep = 1 - SCOPE_SHRINKAGE
+    scale = (lengths.sum() + f.shape[0] * tail.float()) / f.shape[0]  # the mean of the covariance's diagonal
     a = keep * tail.float() + SCOPE_SHRINKAGE * scale
     weights = keep * lengths / (a + keep * lengths)
-    units = f / lengths.clamp_min(1e-30).sqrt()
+    return f * (weights / lengths.clamp_min(1e-30)).sqrt(), a.reshape(())
+
+
+def nearest_distance(x: torch.Tensor, means: torch.Tensor, project: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """[B] as `_dense_distances`, for the covariance `whitener` describes: one [D, k] product a text."""
     x, means = x.float(), means.float()
-    along = x @ units
-    along_means = means @ units
     squared = x.pow(2).sum(-1, keepdim=True) - 2 * x @ means.T + means.pow(2).sum(-1)
-    projected = ((along.unsqueeze(1) - along_means.unsqueeze(0)).pow(2) * weights).sum(-1)
-    return ((squared - projected) / a).min(-1).values
+    along = (x @ project).unsqueeze(1) - (means @ project).unsqueeze(0)
+    return ((squared - along.pow(2).sum(-1)) / a).min(-1).values
 
 
 class ScopeParts:
-    """The tasks' covariance factors for the out-of-scope test: the index holds only what routing needs,
-    so a task's factor is read from its file (`source(name)`) when a text is first routed to it, and the
-    last PARTS_CACHED are kept."""
+    """Each task's `whitener` for the out-of-scope test. The index holds only what routing needs, so a
+    task's factor is read from its file (`source(name)`) when a text is first routed to it; the last
+    PARTS_CACHED tasks are kept (3.6 MB each on MiniLM), keyed by task id so a task replaced under the
+    same name is read afresh."""
 
     def __init__(self, source: Callable[[str], dict[str, torch.Tensor]] | None = None):
         self.source = source
-        self._cache: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
+        self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
 
     def put(self, task_id: str, parts: dict[str, torch.Tensor]) -> None:
-        self._cache[task_id] = parts
+        """`parts`: the stored factor (statistics.PACKED's three tensors, in that order)."""
+        self._cache[task_id] = whitener(*parts.values())
         self._cache.move_to_end(task_id)
         while len(self._cache) > PARTS_CACHED:
             self._cache.popitem(last=False)
 
-    def get(self, name: str, task_id: str) -> dict[str, torch.Tensor]:
-        """Keyed by the task's id: a task replaced under the same name is read afresh."""
+    def get(self, name: str, task_id: str) -> tuple[torch.Tensor, torch.Tensor]:
         if task_id not in self._cache:
             if self.source is None:
                 raise KeyError(f"no covariance factor for task {name!r}")

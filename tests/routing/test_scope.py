@@ -4,7 +4,7 @@ means what it says, and unchanged by tasks added after it."""
 import torch
 
 from adapterbank.routing.index import RouterIndex, sync_index
-from adapterbank.routing.scope import PARTS_CACHED, ScopeParts, _dense_distances, nearest_distance
+from adapterbank.routing.scope import PARTS_CACHED, ScopeParts, _dense_distances, nearest_distance, whitener
 from adapterbank.routing.statistics import PACKED, class_statistics, pack_covariance, save_statistics, unpack_covariance
 
 
@@ -23,7 +23,7 @@ def test_the_distance_from_the_stored_factor_is_the_dense_distance():
     packed = pack_covariance(covariance)
     queries = torch.randn(7, 12)
     dense = _dense_distances(queries.double(), means.double(), unpack_covariance(*packed).double())
-    assert torch.allclose(nearest_distance(queries, means, *packed).double(), dense, rtol=2e-2)
+    assert torch.allclose(nearest_distance(queries, means, *whitener(*packed)).double(), dense, rtol=2e-2)
 
 
 def test_the_quantile_refuses_about_that_share_of_fresh_in_scope_texts_and_most_far_texts():
@@ -75,7 +75,8 @@ def test_a_saved_index_reads_a_tasks_factor_from_its_file_checked_first(tmp_path
 
 def test_the_factor_cache_is_bounded_and_keyed_by_task_id():
     reads = []
-    parts = ScopeParts(lambda name: reads.append(name) or {key: torch.zeros(1) for key in PACKED})
+    factor = dict(zip(PACKED, pack_covariance(torch.eye(4))))
+    parts = ScopeParts(lambda name: reads.append(name) or factor)
     for k in range(PARTS_CACHED + 5):
         parts.get(f"t{k}", f"id{k}")
     assert len(parts._cache) == PARTS_CACHED
