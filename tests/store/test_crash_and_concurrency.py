@@ -52,7 +52,8 @@ def test_sigkill_at_every_point_leaves_a_working_bank(bank_and_data):
         bank = AdapterBank.open(bank_dir, device="cpu")
         assert [t.name for t in bank.tasks()] == landed, point
         assert bank.verify().problems == [], point
-        assert all(p.label is not None for p in bank.predict(["aaaaaa bcd", "bbbbbb cde"])), point
+        # every text answered (out of scope off: these two-word texts are far shorter than the training texts)
+        assert all(p.label is not None for p in bank.predict(["aaaaaa bcd", "bbbbbb cde"], ood_quantile=0)), point
     # a normal add-task after all that works and sweeps the dead writers' temp directories away
     bank.add_task("after", train, epochs=2, progress=False)
     assert [t.name for t in bank.tasks()] == landed + ["after"]
