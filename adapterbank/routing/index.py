@@ -77,6 +77,8 @@ class RouterIndex:
         """Derived matrices: normalised prototypes (out of scope, cosine) and each router method's own."""
         if self._fresh_weights:
             return
+        for key in [k for k in self.t if k.startswith("_")]:  # in-memory copies of what is re-derived now
+            del self.t[key]
         for method in METHODS.values():
             self.t.update(method.derive(self.t))
         self.t["prototypes"] = torch.nn.functional.normalize(self.t["means"], dim=-1)
@@ -85,11 +87,12 @@ class RouterIndex:
     # -- persistence ----------------------------------------------------------------------------
     def save(self, path: Path) -> None:
         self._weights()
+        kept = {k: v for k, v in self.t.items() if not k.startswith("_")}  # `_` keys: in-memory derived copies
         meta = {"task_names": json.dumps(self.task_names), "task_ids": json.dumps(self.task_ids),
-                "sha256": _digest(self.t)}
+                "sha256": _digest(kept)}
 
         def write(tmp: Path) -> None:
-            save_file({k: v.contiguous() for k, v in self.t.items()}, str(tmp), metadata=meta)
+            save_file({k: v.contiguous() for k, v in kept.items()}, str(tmp), metadata=meta)
             faults.point("index-written")
 
         write_atomic(path, write)

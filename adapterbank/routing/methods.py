@@ -24,6 +24,9 @@ DEFAULT_OOD_QUANTILE = 0.02
 DEFAULT_PROMPT_OOD_QUANTILE = 0.01
 SHRINKAGE = 0.02  # weight of the scaled identity in the pooled covariance (measured: 0.02-0.05 best on CLINC150)
 PROTOTYPE_TEMPERATURE = 0.05
+# large banks: classes scored in bf16 first, the best SHORTLIST of each text again in fp32 (see _shortlisted_logits)
+SHORTLIST_MIN_CLASSES = 2048
+SHORTLIST = 8
 
 
 class RouterMethod:
@@ -63,11 +66,39 @@ class Mahalanobis(RouterMethod):
         return {"discriminant": weights.contiguous(), "bias": -0.5 * (weights * means).sum(-1)}
 
     def task_scores(self, t, x, n_tasks):
-        logits = x @ t["discriminant"].T + t["bias"]
+        if len(t["bias"]) >= SHORTLIST_MIN_CLASSES and _bf16_is_fast(x.device):
+            logits = _shortlisted_logits(t, x)
+        else:
+            logits = x @ t["discriminant"].T + t["bias"]
         peak = logits.max(-1, keepdim=True).values
         evidence = logits.new_zeros(x.shape[0], n_tasks)
         evidence.index_add_(1, t["owner"], (logits - peak).exp())
         return evidence.clamp_min(1e-30).log()
+
+
+def _shortlisted_logits(t, x):
+    """Every class's logit in bf16 (4x faster on CPUs with bf16 units: 20 -> 5 ms for 64 texts x 10,150
+    classes), then the SHORTLIST best of each row exactly in fp32. The best class is exact unless bf16 error
+    moved it out of the shortlist; the other classes only add their (tiny) share to their task's evidence."""
+    import torch
+
+    if "_discriminant_bf16" not in t:  # derived in memory, never saved (index.py skips `_` keys)
+        t["_discriminant_bf16"] = t["discriminant"].to(torch.bfloat16)
+    logits = (x.to(torch.bfloat16) @ t["_discriminant_bf16"].T).float() + t["bias"]
+    shortlist = logits.topk(min(SHORTLIST, logits.shape[1]), dim=-1).indices
+    exact = torch.einsum("bd,bkd->bk", x, t["discriminant"][shortlist]) + t["bias"][shortlist]
+    return logits.scatter_(1, shortlist, exact)
+
+
+def _bf16_is_fast(device) -> bool:
+    import torch
+
+    if device.type == "cuda":
+        return True
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())  # AVX512-BF16 / AMX: a fast bf16 GEMM
+    except (AttributeError, RuntimeError):
+        return False
 
 
 @register
