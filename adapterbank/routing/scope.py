@@ -69,7 +69,7 @@ def whitener(factor: torch.Tensor, scales: torch.Tensor, tail: torch.Tensor) -> 
     f = factor.float() * scales.float()
     lengths = f.pow(2).sum(0)
     keep = 1 - SCOPE_SHRINKAGE
-    scale = (lengths.sum() + f.shape[0] * tail.float()) / f.shape[0]  # the mean of the covariance's diagonal
+    scale = ((lengths.sum() + f.shape[0] * tail.float()) / f.shape[0]).clamp_min(1e-12)  # the diagonal's mean, as _shrunk
     a = keep * tail.float() + SCOPE_SHRINKAGE * scale
     weights = keep * lengths / (a + keep * lengths)
     return f * (weights / lengths.clamp_min(1e-30)).sqrt(), a.reshape(())

@@ -83,3 +83,13 @@ def test_the_factor_cache_is_bounded_and_keyed_by_task_id():
     parts.get("t0", "id0")  # evicted: read again
     parts.get("t0", "replaced")  # same name, new task: read again
     assert reads.count("t0") == 3
+
+
+def test_a_task_of_repeated_texts_keeps_its_own_texts_in_scope():
+    """No spread at all (every text of a class the same): the distance is 0 for those texts, not 0/0."""
+    x = torch.tensor([[1.0, 0.0, 0.0]] * 6 + [[0.0, 1.0, 0.0]] * 6)
+    index = RouterIndex.empty(3)
+    index.add("same", "id", class_statistics(x, [0] * 6 + [1] * 6, 2))
+    rows = torch.zeros(3, dtype=torch.long)
+    kept = index.in_scope(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]), rows, 0.05)
+    assert kept.tolist() == [True, True, False]
