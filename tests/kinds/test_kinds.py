@@ -41,6 +41,9 @@ def test_configs_are_built_from_flat_settings_and_keep_each_default_once():
     assert ClassificationConfig().params.rank == LoraParams().rank == 8
     assert build_config(ClassificationConfig, "classifier", {"kind": "prompt"}).params.virtual_tokens == 16
     assert CLMConfig().resolved_lr() == 2e-3 and ClassificationConfig().resolved_lr() == KINDS["lora"].default_lr
+    # a deeper module's default learning rate is the kind's over sqrt(depth); a given one is kept
+    assert ClassificationConfig(depth=4).resolved_lr() == pytest.approx(KINDS["lora"].default_lr / 2)
+    assert ClassificationConfig(depth=4, lr=5e-3).resolved_lr() == 5e-3
     with pytest.raises(AdapterBankError, match="rank is a setting of kind lora, not prompt"):
         build_config(ClassificationConfig, "classifier", {"kind": "prompt", "rank": 4})
     with pytest.raises(AdapterBankError, match="max_steps is not a setting of classification tasks"):
