@@ -117,8 +117,7 @@ class RoutedModel:
     @torch.no_grad()
     def lower(self, input_ids: torch.Tensor, mask: torch.Tensor, keep_from: int | None = None) -> LowerPass:
         """The shared frozen pass; `keep_from`: the first layer a deep module in play starts at."""
-        return self.split.lower(input_ids, mask, keep_from if keep_from is not None and keep_from < self.split.split
-                                else None)
+        return self.split.lower(input_ids, mask, keep_from)
 
     @torch.no_grad()
     def upper_features(self, lower: LowerPass, rows: torch.Tensor,

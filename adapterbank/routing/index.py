@@ -68,7 +68,7 @@ class RouterIndex:
         t["thresholds"] = torch.cat([t["thresholds"], table.float().view(1, -1)])
         t["scope_kind"] = torch.cat([t["scope_kind"], torch.tensor([HELD_OUT_DISTANCE if held_out else COSINE])])
         if held_out and PACKED[0] in stats:
-            self.parts.put(task_id, {key: stats[key] for key in PACKED})  # in memory already: no file read later
+            self.parts.put(task_id, tuple(stats[key] for key in PACKED))  # in memory already: no file read later
         self.task_names.append(name)
         self.task_ids.append(task_id)
         self._fresh_weights = False
@@ -193,14 +193,14 @@ def sync_index(bank_root: Path, tasks: dict[str, tuple[str, Path]], dim: int, ca
         except Exception:  # derived data: a damaged index is rebuilt, never trusted
             index = None
     have = list(zip(index.task_names, index.task_ids)) if index is not None else []
-    if index is None or (have != wanted and (have != wanted[: len(have)] or index.t["means"].shape[1] != dim)):
+    if index is None or have != wanted[: len(have)] or index.t["means"].shape[1] != dim:
         index, have = RouterIndex.empty(dim), []
     for name, task_id in wanted[len(have):]:
         if verify is not None:
             verify(name)
         index.add(name, task_id, load_statistics(tasks[name][1]))
 
-    def factor_of(name: str) -> dict[str, torch.Tensor]:
+    def factor_of(name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if verify is not None:  # a saved index skips the task files: check this one before it is read
             verify(name)
         return load_factor(tasks[name][1])

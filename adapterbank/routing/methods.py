@@ -11,6 +11,7 @@ batch of features against every class of every task (`task_scores`: log-probabil
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:  # torch is imported by the methods, so the CLI can list them without loading it
@@ -91,9 +92,15 @@ def _shortlisted_logits(t, x):
 
 
 def _bf16_is_fast(device) -> bool:
+    return _bf16_is_fast_on(device.type)
+
+
+@lru_cache(maxsize=None)
+def _bf16_is_fast_on(device_type: str) -> bool:
+    """Asked once per device type, not on every routed batch."""
     import torch
 
-    if device.type == "cuda":
+    if device_type == "cuda":
         return True
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())  # AVX512-BF16 / AMX: a fast bf16 GEMM

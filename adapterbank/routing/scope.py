@@ -55,10 +55,10 @@ def held_out_quantiles(features: torch.Tensor, rows: torch.Tensor, n_classes: in
         fit = ~held if folds > 1 else held
         counts = torch.bincount(rows[fit], minlength=n_classes).float()
         sums = torch.zeros(n_classes, x.shape[1]).index_add_(0, rows[fit], x[fit])
-        present = counts > 0  # a class with no text in this fold's fit part has no mean to be near
-        means = (sums / counts.clamp_min(1).unsqueeze(1))[present]
-        centred = x[fit] - (sums / counts.clamp_min(1).unsqueeze(1))[rows[fit]]
-        distances[held] = _dense_distances(x[held], means, centred.T @ centred / int(fit.sum()))
+        means = sums / counts.clamp_min(1).unsqueeze(1)
+        centred = x[fit] - means[rows[fit]]
+        # a class with no text in this fold's fit part has no mean to be near
+        distances[held] = _dense_distances(x[held], means[counts > 0], centred.T @ centred / int(fit.sum()))
     return torch.quantile(-distances, torch.linspace(0, 1, QUANTILES))
 
 
@@ -83,27 +83,35 @@ def nearest_distance(x: torch.Tensor, means: torch.Tensor, project: torch.Tensor
     return ((squared - along.pow(2).sum(-1)) / a).min(-1).values
 
 
+Factor = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # a stored covariance factor: (factor, scales, tail)
+
+
 class ScopeParts:
     """Each task's `whitener` for the out-of-scope test. The index holds only what routing needs, so a
     task's factor is read from its file (`source(name)`) when a text is first routed to it; the last
     PARTS_CACHED tasks are kept (3.6 MB each on MiniLM), keyed by task id so a task replaced under the
-    same name is read afresh."""
+    same name is read afresh. A factor given with `put` becomes a whitener only when first needed (an
+    index rebuilt from 1,000 task files does not make 1,000 of them)."""
 
-    def __init__(self, source: Callable[[str], dict[str, torch.Tensor]] | None = None):
+    def __init__(self, source: Callable[[str], Factor] | None = None):
         self.source = source
-        self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._cache: OrderedDict[str, Factor | tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._ready: set[str] = set()  # task ids whose entry is a whitener already
 
-    def put(self, task_id: str, parts: dict[str, torch.Tensor]) -> None:
-        """`parts`: the stored factor (statistics.PACKED's three tensors, in that order)."""
-        self._cache[task_id] = whitener(*parts.values())
+    def put(self, task_id: str, factor: Factor) -> None:
+        self._cache[task_id] = factor
+        self._ready.discard(task_id)
         self._cache.move_to_end(task_id)
         while len(self._cache) > PARTS_CACHED:
-            self._cache.popitem(last=False)
+            self._ready.discard(self._cache.popitem(last=False)[0])
 
     def get(self, name: str, task_id: str) -> tuple[torch.Tensor, torch.Tensor]:
         if task_id not in self._cache:
             if self.source is None:
                 raise KeyError(f"no covariance factor for task {name!r}")
             self.put(task_id, self.source(name))
+        if task_id not in self._ready:
+            self._cache[task_id] = whitener(*self._cache[task_id])
+            self._ready.add(task_id)
         self._cache.move_to_end(task_id)
-        return self._cache[task_id]
+        return self._cache[task_id]  # type: ignore[return-value]

@@ -82,10 +82,10 @@ def save_statistics(task_dir: Path, stats: dict[str, torch.Tensor]) -> None:
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(Path(task_dir) / ROUTER_FILE))
 
 
-def load_factor(task_dir: Path) -> dict[str, torch.Tensor]:
-    """Only the stored covariance factor (what the out-of-scope test needs), not unpacked."""
+def load_factor(task_dir: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Only the stored covariance factor, PACKED's three tensors (what the out-of-scope test needs), not unpacked."""
     with safe_open(str(Path(task_dir) / ROUTER_FILE), framework="pt") as handle:
-        return {key: handle.get_tensor(key) for key in PACKED}
+        return tuple(handle.get_tensor(key) for key in PACKED)  # type: ignore[return-value]
 
 
 def load_statistics(task_dir: Path) -> dict[str, torch.Tensor]:

@@ -5,7 +5,7 @@ import torch
 
 from adapterbank.routing.index import RouterIndex, sync_index
 from adapterbank.routing.scope import PARTS_CACHED, ScopeParts, _dense_distances, nearest_distance, whitener
-from adapterbank.routing.statistics import PACKED, class_statistics, pack_covariance, save_statistics, unpack_covariance
+from adapterbank.routing.statistics import class_statistics, pack_covariance, save_statistics, unpack_covariance
 
 
 def _blobs(n_per_class: int, dim: int, seed: int, centre: float = 0.0, classes: int = 3):
@@ -75,7 +75,7 @@ def test_a_saved_index_reads_a_tasks_factor_from_its_file_checked_first(tmp_path
 
 def test_the_factor_cache_is_bounded_and_keyed_by_task_id():
     reads = []
-    factor = dict(zip(PACKED, pack_covariance(torch.eye(4))))
+    factor = pack_covariance(torch.eye(4))
     parts = ScopeParts(lambda name: reads.append(name) or factor)
     for k in range(PARTS_CACHED + 5):
         parts.get(f"t{k}", f"id{k}")
