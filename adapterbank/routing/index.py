@@ -106,7 +106,9 @@ class RouterIndex:
         if meta.get("sha256") != _digest(tensors):
             raise ValueError(f"{path}: content does not match its checksum")
         index = cls(json.loads(meta["task_names"]), json.loads(meta["task_ids"]), tensors)
-        index._fresh_weights = "prototypes" in tensors
+        # an index saved by an earlier version may lack what a method derives now: derived again, in memory
+        derived = ["prototypes", *(key for method in METHODS.values() for key in method.derived)]
+        index._fresh_weights = all(key in tensors for key in derived)
         return index
 
     # -- routing --------------------------------------------------------------------------------

@@ -25,14 +25,18 @@ DEFAULT_OOD_QUANTILE = 0.02
 DEFAULT_PROMPT_OOD_QUANTILE = 0.01
 SHRINKAGE = 0.02  # weight of the scaled identity in the pooled covariance (measured: 0.02-0.05 best on CLINC150)
 PROTOTYPE_TEMPERATURE = 0.05
-# large banks: classes scored in bf16 first, the best SHORTLIST of each text again in fp32 (see _shortlisted_logits)
+# large banks: classes scored in int8 first, the best SHORTLIST of each text again in fp32 (see _shortlisted_logits)
 SHORTLIST_MIN_CLASSES = 2048
 SHORTLIST = 8
+# a class more than this many nats below a text's best adds nothing (exp underflows): flooring it first keeps exp off
+# its slow path for huge negative inputs (64 texts x 10,150 classes: 2.8 -> 0.26 ms) and changes no decision
+EVIDENCE_FLOOR = -80.0
 
 
 class RouterMethod:
     name: ClassVar[str]
     summary: ClassVar[str]
+    derived: ClassVar[tuple[str, ...]] = ()  # the keys `derive` returns: a saved index without them is derived again
 
     def derive(self, t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Matrices computed once per index from its class statistics (`means`, `scatter`, `total`, ...)."""
@@ -55,55 +59,74 @@ def register(cls: type[RouterMethod]) -> type[RouterMethod]:
 class Mahalanobis(RouterMethod):
     name = "mahalanobis"
     summary = "Gaussian classes with one shared, shrunk covariance (default)"
+    derived = ("centre", "discriminant", "bias")
 
     def derive(self, t):
+        """Centred on the mean class mean: a class's logit then differs from the textbook
+        x'S^-1 m - m'S^-1 m / 2 by one constant per text, which cancels in every probability, but it is
+        a small number, not the difference of two large ones (uncentred, kernel-space logits reach 5e5
+        for gaps of ~100, which fp32 resolves poorly and a low-precision shortlist not at all)."""
         import torch
 
         means = t["means"]
         dim = means.shape[1]
+        centre = means.mean(0) if len(means) else means.new_zeros(dim)
+        offsets = means - centre
         covariance = (t["scatter"] / t["total"].clamp_min(1)).float()
         covariance = (1 - SHRINKAGE) * covariance + SHRINKAGE * covariance.diagonal().mean().clamp_min(1e-6) * torch.eye(dim)
-        weights = torch.linalg.solve(covariance, means.T).T if len(means) else means
-        return {"discriminant": weights.contiguous(), "bias": -0.5 * (weights * means).sum(-1)}
+        weights = torch.linalg.solve(covariance, offsets.T).T if len(means) else means
+        return {"centre": centre, "discriminant": weights.contiguous(), "bias": -0.5 * (weights * offsets).sum(-1)}
 
     def task_scores(self, t, x, n_tasks):
-        if len(t["bias"]) >= SHORTLIST_MIN_CLASSES and _bf16_is_fast(x.device):
-            logits = _shortlisted_logits(t, x)
+        x = x - t["centre"]
+        if len(t["bias"]) >= SHORTLIST_MIN_CLASSES and _int8_is_fast(x.device):
+            logits, peak = _shortlisted_logits(t, x)
         else:
             logits = x @ t["discriminant"].T + t["bias"]
-        peak = logits.max(-1, keepdim=True).values
+            peak = logits.max(-1, keepdim=True).values
         evidence = logits.new_zeros(x.shape[0], n_tasks)
-        evidence.index_add_(1, t["owner"], (logits - peak).exp())
+        evidence.index_add_(1, t["owner"], logits.sub_(peak).clamp_min_(EVIDENCE_FLOOR).exp_())
         return evidence.clamp_min(1e-30).log()
 
 
 def _shortlisted_logits(t, x):
-    """Every class's logit in bf16 (4x faster on CPUs with bf16 units: 20 -> 5 ms for 64 texts x 10,150
-    classes), then the SHORTLIST best of each row exactly in fp32. The best class is exact unless bf16 error
-    moved it out of the shortlist; the other classes only add their (tiny) share to their task's evidence."""
+    """Every class's logit from int8 products (64 texts x 10,150 classes: 2.8 ms against 20 in fp32 and 5
+    in bf16 on a CPU with VNNI), then the SHORTLIST best of each row exactly in fp32. Each row of the
+    discriminant and each text gets its own scale. The best class is exact unless quantisation moved it out
+    of the shortlist (CLINC150 + Banking77, 8,580 texts: never, even in the best 2); the other classes only
+    add their share to their task's evidence. Returns the logits and each row's peak."""
     import torch
 
-    if "_discriminant_bf16" not in t:  # derived in memory, never saved (index.py skips `_` keys)
-        t["_discriminant_bf16"] = t["discriminant"].to(torch.bfloat16)
-    logits = (x.to(torch.bfloat16) @ t["_discriminant_bf16"].T).float() + t["bias"]
+    if "_discriminant_int8" not in t:  # derived in memory, never saved (index.py skips `_` keys)
+        scale = t["discriminant"].abs().amax(-1).clamp_min(1e-30) / 127
+        t["_discriminant_int8"] = (t["discriminant"] / scale[:, None]).round_().to(torch.int8).T.contiguous()
+        t["_discriminant_scale"] = scale
+    x_scale = x.abs().amax(-1, keepdim=True).clamp_min(1e-30) / 127
+    quantised = (x / x_scale).round_().to(torch.int8)
+    logits = torch._int_mm(quantised, t["_discriminant_int8"]).float().mul_(x_scale).mul_(t["_discriminant_scale"])
+    logits.add_(t["bias"])
     shortlist = logits.topk(min(SHORTLIST, logits.shape[1]), dim=-1).indices
-    exact = torch.einsum("bd,bkd->bk", x, t["discriminant"][shortlist]) + t["bias"][shortlist]
-    return logits.scatter_(1, shortlist, exact)
+    rows = t["discriminant"].index_select(0, shortlist.flatten()).view(*shortlist.shape, -1)  # 7x faster than [shortlist]
+    exact = torch.einsum("bd,bkd->bk", x, rows) + t["bias"][shortlist]
+    # the peak for the evidence: the best exact logit. No other class exceeds it by more than the quantisation
+    # error (a few nats), far from exp's overflow, and the whole matrix is not scanned again
+    return logits.scatter_(1, shortlist, exact), exact.max(-1, keepdim=True).values
 
 
-def _bf16_is_fast(device) -> bool:
-    return _bf16_is_fast_on(device.type)
+def _int8_is_fast(device) -> bool:
+    return _int8_is_fast_on(device.type)
 
 
 @lru_cache(maxsize=None)
-def _bf16_is_fast_on(device_type: str) -> bool:
-    """Asked once per device type, not on every routed batch."""
+def _int8_is_fast_on(device_type: str) -> bool:
+    """Asked once per device type, not on every routed batch. A GPU scores every class in fp32 faster than
+    it would shortlist; a CPU shortlists where oneDNN has bf16 units, which come with int8 (VNNI) ones."""
     import torch
 
-    if device_type == "cuda":
-        return True
+    if device_type != "cpu":
+        return False
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())  # AVX512-BF16 / AMX: a fast bf16 GEMM
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())  # AVX512-BF16 / AMX, and so AVX512-VNNI
     except (AttributeError, RuntimeError):
         return False
 
