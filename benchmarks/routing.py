@@ -29,6 +29,7 @@ import torch  # noqa: E402
 from adapterbank import AdapterBank, load_dataset  # noqa: E402
 from common import subset  # noqa: E402
 from adapterbank.core.encoding import collate, length_batches, mean_pool, pad_id_of, tokenize  # noqa: E402
+from adapterbank.routing import methods  # noqa: E402
 from adapterbank.routing.index import RouterIndex  # noqa: E402
 from adapterbank.routing.statistics import PACKED, pack_covariance, save_statistics  # noqa: E402
 from adapterbank.store.registry import INDEX_FILE  # noqa: E402
@@ -104,12 +105,17 @@ def oos_auroc(bank, in_scope: list[str], out_of_scope: list[str]) -> float:
     return round(float(above), 4)
 
 
-def cold_open(bank_dir: Path, template: str, n_tasks: int, per_task: int = 10):
-    """A bank of `n_tasks` synthetic tasks (copies of one real module, random router statistics):
-    seconds from AdapterBank.open to the first routed prediction, and the top-k time per 64 texts."""
+def cold_open(bank_dir: Path, template: str, n_tasks: int, texts: list[str], per_task: int = 10):
+    """A bank of `n_tasks` synthetic tasks (copies of one real module; router statistics made from the real
+    tasks' class means, each moved by a random offset of the size that separates two real classes, so the
+    synthetic classes crowd the real ones): seconds from AdapterBank.open to the first routed prediction,
+    the top-k time per 64 real texts, and the share of `texts` whose best task is the same with the large
+    bank's shortlist (methods.py) as with every class scored exactly."""
     bank = AdapterBank.open(bank_dir, device=DEVICE)
     source = bank.task(template)
     dim = bank.registry.manifest["router"]["feature_dim"]
+    real = bank._index(bank._records()).t["means"].clone()
+    spread = torch.cdist(real, real).median()
     g = torch.Generator().manual_seed(0)
     packed = dict(zip(PACKED, pack_covariance(torch.eye(dim) / dim)))  # packed once: no eigh per synthetic task
     # a held-out distance table, as add-task writes: the first answer reads the routed task's factor from its file
@@ -122,17 +128,27 @@ def cold_open(bank_dir: Path, template: str, n_tasks: int, per_task: int = 10):
         with bank.registry.stage_task(name, record) as staging:
             for f in ("adapter_config.json", "adapter_model.safetensors", "head.safetensors"):
                 shutil.copy(source.path / f, staging / f)
-            means = torch.nn.functional.normalize(torch.randn(per_task, dim, generator=g), dim=-1)
-            save_statistics(staging, {**stats, "means": means})
+            near = real[torch.randint(0, len(real), (per_task,), generator=g)]
+            offset = torch.nn.functional.normalize(torch.randn(per_task, dim, generator=g), dim=-1) * spread
+            save_statistics(staging, {**stats, "means": near + offset})
     bank.predict(["warm the index"])  # builds the index over every task in memory...
     bank._save_index()  # ... and saves it, as add-task and remove do (reads never write)
+    features = bank.router_features(texts).cpu()
     del bank
     (_, first), seconds = timed(lambda: (b := AdapterBank.open(bank_dir, device=DEVICE), b.predict(["what is my balance"])))
     index = RouterIndex.load(bank_dir / INDEX_FILE)
-    features = torch.randn(64, dim)
-    index.route(features, top_k=3, ood_quantile=0)  # warm-up (a bare index has no task files to read factors from)
-    _, topk = timed(lambda: [index.route(features, top_k=3, ood_quantile=0) for _ in range(20)])
-    return round(seconds, 3), round(topk / 20 * 1000, 3), len(index.t["means"])
+    batch = features[:64]
+    index.route(batch, top_k=3, ood_quantile=0)  # warm-up (a bare index has no task files to read factors from)
+    _, topk = timed(lambda: [index.route(batch, top_k=3, ood_quantile=0) for _ in range(50)])
+    shortlisted = index.task_scores(features).argmax(-1)
+    exact_from = methods.SHORTLIST_MIN_CLASSES
+    methods.SHORTLIST_MIN_CLASSES = 10 ** 9
+    try:
+        exact = index.task_scores(features).argmax(-1)
+    finally:
+        methods.SHORTLIST_MIN_CLASSES = exact_from
+    agreement = float((shortlisted == exact).float().mean())
+    return round(seconds, 3), round(topk / 50 * 1000, 3), len(index.t["means"]), round(agreement, 5)
 
 
 def main() -> None:
@@ -203,8 +219,8 @@ def main() -> None:
         out["oos_sweep"] = sweep
         joint_train = subset(train, every, "joint", per_label)
         out["joint_accuracy"], out["joint_train_seconds"] = joint_baseline(bank, joint_train, test_set, sorted(every))
-        (out["cold_open_first_predict_s"], out["topk_ms_per_64"],
-         out["cold_open_classes"]) = cold_open(workdir / "bank", "t00", cold_tasks)
+        (out["cold_open_first_predict_s"], out["topk_ms_per_64"], out["cold_open_classes"],
+         out["shortlist_agreement"]) = cold_open(workdir / "bank", "t00", cold_tasks, texts)
         out["cold_open_tasks"] = cold_tasks + n_tasks
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
