@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import os
 import warnings
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
@@ -349,8 +350,11 @@ class AdapterBank:
         if self._router is None or current != self._synced:
             dim = self.registry.manifest["router"]["feature_dim"]
             tasks = {name: (task_id, records[name].path) for name, task_id in current.items()}
+            bank = weakref.ref(self)  # the index keeps `verify` (its out-of-scope factors are read lazily): a strong
+            # reference would make bank -> index -> verify -> bank a cycle, and a dropped bank would hold its model
+            # and its memory-mapped files (deleted ones too) until the garbage collector ran
             self._router = sync_index(self.path, tasks, dim, cached=self._router,
-                                      verify=lambda name: self._check_task(name, records[name], router=True))
+                                      verify=lambda name: bank()._check_task(name, records[name], router=True))
             self._synced = current
         return self._router
 
