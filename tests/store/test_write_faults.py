@@ -7,6 +7,7 @@ complete), and leave the bank answering.
 Mounting needs root (CI runs as root); elsewhere the tmpfs tests skip and the injected ones still run."""
 
 import errno
+import gc
 import hashlib
 import os
 import shutil
@@ -53,7 +54,10 @@ def free_bytes(path: Path) -> int:
 
 
 def fill(mount: Path, leave: int) -> Path:
-    """A filler file that leaves `leave` bytes free on the tmpfs."""
+    """A filler file that leaves `leave` bytes free on the tmpfs. Banks opened before may still map files
+    deleted since (safetensors memory-maps them) until the garbage collector drops those objects: their pages
+    would be freed in the middle of the next operation and give it room the filler meant to take."""
+    gc.collect()
     filler = mount / "filler"
     size = free_bytes(mount) - leave
     if size > 0:
@@ -98,8 +102,10 @@ def run_expecting_clean_outcome(bank_dir: Path, operation) -> str:
 def test_disk_full_at_every_write_leaves_the_bank_as_it_was(request, tmpfs, template, operation):
     source = request.getfixturevalue(template)
     probe = copy_bank(source, tmpfs / "probe")
+    gc.collect()
     used = free_bytes(tmpfs)
     operation(probe)
+    gc.collect()
     need = used - free_bytes(tmpfs)
     shutil.rmtree(probe)
     step = max(PAGE, (need // 14) // PAGE * PAGE)
