@@ -27,7 +27,7 @@ import torch  # noqa: E402
 
 from adapterbank import AdapterBank, load_dataset  # noqa: E402
 from adapterbank.routing.index import RouterIndex  # noqa: E402
-from adapterbank.routing.methods import SHRINKAGE  # noqa: E402
+from adapterbank.routing.methods import METHODS, shared_covariance  # noqa: E402
 from adapterbank.routing.statistics import class_statistics  # noqa: E402
 from common import DATA_ROOT  # noqa: E402
 
@@ -40,19 +40,17 @@ def int8_rows(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (matrix / scale).round().to(torch.int8), scale
 
 
-def first_passes(x: torch.Tensor, means: torch.Tensor, covariance: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    """(fp32 reference logits, {name: approximate logits})."""
-    uncentred = torch.linalg.solve(covariance, means.T).T
-    reference = x @ uncentred.T - 0.5 * (uncentred * means).sum(-1)
-    centre = means.mean(0)
-    offsets = means - centre
-    centred = torch.linalg.solve(covariance, offsets.T).T
-    bias = -0.5 * (centred * offsets).sum(-1)
-    xc = x - centre
-    passes = {"bf16 uncentred": (x.bfloat16() @ uncentred.bfloat16().T).float() - 0.5 * (uncentred * means).sum(-1),
+def first_passes(x: torch.Tensor, t: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+    """(fp32 reference logits, {name: approximate logits}); the centred ones are the router's own (derive)."""
+    means = t["means"]
+    uncentred = torch.linalg.solve(shared_covariance(t), means.T).T
+    uncentred_bias = -0.5 * (uncentred * means).sum(-1)
+    reference = x @ uncentred.T + uncentred_bias
+    derived = METHODS["mahalanobis"].derive(t)
+    centred, bias, xc = derived["discriminant"], derived["bias"], x - derived["centre"]
+    passes = {"bf16 uncentred": (x.bfloat16() @ uncentred.bfloat16().T).float() + uncentred_bias,
               "bf16 centred": (xc.bfloat16() @ centred.bfloat16().T).float() + bias}
-    for name, (w, b, rows) in {"int8 uncentred": (uncentred, -0.5 * (uncentred * means).sum(-1), x),
-                               "int8 centred": (centred, bias, xc)}.items():
+    for name, (w, b, rows) in {"int8 uncentred": (uncentred, uncentred_bias, x), "int8 centred": (centred, bias, xc)}.items():
         (wq, ws), (xq, xs) = int8_rows(w), int8_rows(rows)
         passes[name] = torch._int_mm(xq, wq.T.contiguous()).float() * xs * ws.T + b
     return reference, passes
@@ -81,9 +79,7 @@ def main() -> None:
             queries += [bank.router_features(load_dataset(args.data_root / name / f"{s}.jsonl").texts).float().cpu()
                         for s in splits]
     x = torch.cat(queries)
-    covariance = (index.t["scatter"] / index.t["total"]).float()
-    covariance = (1 - SHRINKAGE) * covariance + SHRINKAGE * covariance.diagonal().mean() * torch.eye(len(covariance))
-    reference, passes = first_passes(x, index.t["means"], covariance)
+    reference, passes = first_passes(x, index.t)
     best = reference.argmax(-1, keepdim=True)
     out = {"texts": len(x), "classes": len(index.t["means"]), "recall_of_the_best_class_in_the_best_k": {
         name: {str(k): round(float((logits.topk(k, -1).indices == best).any(-1).float().mean()), 5) for k in KS}

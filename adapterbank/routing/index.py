@@ -195,9 +195,8 @@ def sync_index(bank_root: Path, tasks: dict[str, tuple[str, Path]], dim: int, ca
         except Exception:  # derived data: a damaged index is rebuilt, never trusted
             index = None
     have = list(zip(index.task_names, index.task_ids)) if index is not None else []
-    if have == wanted and index is not None:
-        pass  # the index covers exactly these tasks
-    elif index is None or have != wanted[: len(have)] or index.t["means"].shape[1] != dim:
+    # kept when it covers exactly these tasks, extended when tasks were only added, else rebuilt
+    if index is None or (have != wanted and (have != wanted[: len(have)] or index.t["means"].shape[1] != dim)):
         index, have = RouterIndex.empty(dim), []
     for name, task_id in wanted[len(have):]:
         if verify is not None:

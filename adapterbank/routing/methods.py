@@ -69,12 +69,9 @@ class Mahalanobis(RouterMethod):
         import torch
 
         means = t["means"]
-        dim = means.shape[1]
-        centre = means.mean(0) if len(means) else means.new_zeros(dim)
+        centre = means.mean(0) if len(means) else means.new_zeros(means.shape[1])
         offsets = means - centre
-        covariance = (t["scatter"] / t["total"].clamp_min(1)).float()
-        covariance = (1 - SHRINKAGE) * covariance + SHRINKAGE * covariance.diagonal().mean().clamp_min(1e-6) * torch.eye(dim)
-        weights = torch.linalg.solve(covariance, offsets.T).T if len(means) else means
+        weights = torch.linalg.solve(shared_covariance(t), offsets.T).T if len(means) else means
         return {"centre": centre, "discriminant": weights.contiguous(), "bias": -0.5 * (weights * offsets).sum(-1)}
 
     def task_scores(self, t, x, n_tasks):
@@ -87,6 +84,15 @@ class Mahalanobis(RouterMethod):
         evidence = logits.new_zeros(x.shape[0], n_tasks)
         evidence.index_add_(1, t["owner"], logits.sub_(peak).clamp_min_(EVIDENCE_FLOOR).exp_())
         return evidence.clamp_min(1e-30).log()
+
+
+def shared_covariance(t: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The covariance pooled over every task's statistics, shrunk toward a scaled identity (SHRINKAGE)."""
+    import torch
+
+    covariance = (t["scatter"] / t["total"].clamp_min(1)).float()
+    scale = covariance.diagonal().mean().clamp_min(1e-6)
+    return (1 - SHRINKAGE) * covariance + SHRINKAGE * scale * torch.eye(len(covariance))
 
 
 def _shortlisted_logits(t, x):

@@ -91,27 +91,25 @@ class ScopeParts:
     task's factor is read from its file (`source(name)`) when a text is first routed to it; the last
     PARTS_CACHED tasks are kept (3.6 MB each on MiniLM), keyed by task id so a task replaced under the
     same name is read afresh. A factor given with `put` becomes a whitener only when first needed (an
-    index rebuilt from 1,000 task files does not make 1,000 of them)."""
+    index rebuilt from 1,000 task files does not make 1,000 of them): an entry is a factor (3 tensors) until
+    then, a whitener (2) after."""
 
     def __init__(self, source: Callable[[str], Factor] | None = None):
         self.source = source
         self._cache: OrderedDict[str, Factor | tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
-        self._ready: set[str] = set()  # task ids whose entry is a whitener already
 
     def put(self, task_id: str, factor: Factor) -> None:
         self._cache[task_id] = factor
-        self._ready.discard(task_id)
         self._cache.move_to_end(task_id)
         while len(self._cache) > PARTS_CACHED:
-            self._ready.discard(self._cache.popitem(last=False)[0])
+            self._cache.popitem(last=False)
 
     def get(self, name: str, task_id: str) -> tuple[torch.Tensor, torch.Tensor]:
         if task_id not in self._cache:
             if self.source is None:
                 raise KeyError(f"no covariance factor for task {name!r}")
             self.put(task_id, self.source(name))
-        if task_id not in self._ready:
+        if len(self._cache[task_id]) == 3:  # still the stored (factor, scales, tail), not yet its whitener
             self._cache[task_id] = whitener(*self._cache[task_id])
-            self._ready.add(task_id)
         self._cache.move_to_end(task_id)
         return self._cache[task_id]  # type: ignore[return-value]
