@@ -8,8 +8,9 @@ A router index is built from the kernel-space features of CLINC150 (15 tasks x 1
 scored against all 227 classes in fp32 (the reference), then by each first pass: bf16 or int8 products,
 with the discriminant uncentred (as before the centring) or centred on the mean class mean (methods.py),
 and the router's own first pass (PyTorch's quantised linear, methods.int8_logits).
-Reported: the share of texts whose reference best class is among the first pass's best k. About 3 minutes
-on 2 CPU cores (mostly the features).
+Reported: the share of texts whose reference best class is among the first pass's best k; then, as synthetic
+tasks join, `route`'s time with and without the shortlist (where SHORTLIST_MIN_CLASSES comes from). About
+2 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 import os
 import random
 import tempfile
+import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -28,12 +30,16 @@ import torch  # noqa: E402
 
 from adapterbank import AdapterBank, load_dataset  # noqa: E402
 from adapterbank.routing.index import RouterIndex  # noqa: E402
+from adapterbank.routing import methods  # noqa: E402
 from adapterbank.routing.methods import METHODS, int8_logits, shared_covariance  # noqa: E402
 from adapterbank.routing.statistics import class_statistics  # noqa: E402
-from common import DATA_ROOT  # noqa: E402
+from common import DATA_ROOT, crowding_means  # noqa: E402
+
+DEFAULT_SHORTLIST_MIN = methods.SHORTLIST_MIN_CLASSES
 
 SETS = (("clinc150", 10, ["test", "oos_test"]), ("banking77", 11, ["test"]))
 KS = (1, 2, 4, 8, 16)
+SYNTHETIC_TASKS = (0, 30, 80, 180, 380)  # 227 to 4,027 classes
 
 
 def int8_rows(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,7 +93,41 @@ def main() -> None:
     out = {"texts": len(x), "classes": len(index.t["means"]), "recall_of_the_best_class_in_the_best_k": {
         name: {str(k): round(float((logits.topk(k, -1).indices == best).any(-1).float().mean()), 5) for k in KS}
         for name, logits in passes.items()}}
+    out["route_ms_per_64_by_classes"] = speed_by_classes(index, x)
     print(json.dumps(out, indent=2))
+
+
+def speed_by_classes(index: RouterIndex, x: torch.Tensor) -> list[dict]:
+    """From how many classes the shortlist pays: `route` for 64 real texts (median of 200 calls after 20 to
+    warm up) with every class in fp32 and with the shortlist, as synthetic 10-class tasks join the real ones
+    (common.crowding_means, as in routing.py's cold open), and the share of all texts whose best task is
+    the same both ways."""
+    real = index.t["means"].clone()
+    g = torch.Generator().manual_seed(0)
+    covariance = torch.eye(real.shape[1]) / real.shape[1]
+    rows, added = [], 0
+    for synthetic in SYNTHETIC_TASKS:
+        for i in range(added, synthetic):
+            index.add(f"synthetic-{i}", f"synthetic-{i}", {"counts": torch.full((10,), 50.0), "covariance": covariance,
+                                                           "means": crowding_means(real, 10, g),
+                                                           "score_quantiles": torch.zeros(101)})
+        added = synthetic
+        row = {"classes": len(index.t["means"])}
+        for name, threshold in (("fp32", 10 ** 9), ("shortlist", 0)):
+            methods.SHORTLIST_MIN_CLASSES = threshold
+            calls = sorted([timed(lambda: index.route(x[:64], top_k=3, ood_quantile=0)) for _ in range(220)][20:])
+            row[f"{name}_ms"] = round(calls[len(calls) // 2] * 1000, 3)
+            row[f"{name}_best"] = index.task_scores(x).argmax(-1)
+        row["agreement"] = round(float((row.pop("fp32_best") == row.pop("shortlist_best")).float().mean()), 5)
+        rows.append(row)
+    methods.SHORTLIST_MIN_CLASSES = DEFAULT_SHORTLIST_MIN
+    return rows
+
+
+def timed(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
 
 
 if __name__ == "__main__":
