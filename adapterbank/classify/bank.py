@@ -135,7 +135,7 @@ class ClassifierBank(AdapterBank, family="classifier"):
                 (text, label) pairs, or a (texts, labels) pair of lists.
             eval: validation data in the same form; its accuracy is stored in the task's metrics.
             config: a ClassificationConfig; or give its fields as keywords (`kind="prompt"`, `epochs=5`,
-                `lr=...`, `batch_size=...`, `seed=...`, `max_length=...`) together with the kind's
+                `lr=...`, `seed=...`, `max_length=...`, `depth=6` or `depth="auto"`) together with the kind's
                 hyper-parameters (`rank=4` for LoRA, `virtual_tokens=8` for prompt tuning).
             progress: show a progress bar over the training steps.
 
@@ -159,7 +159,8 @@ class ClassifierBank(AdapterBank, family="classifier"):
         from ..kinds import save_module
         from ..routing.statistics import class_statistics, save_statistics
         from .inference import module_accuracy
-        from .training import DEFAULT_CACHE_BYTES, LowerStates, resolve_depth, train_classifier, trains_on_upper
+        from .depth import settle_depth
+        from .training import DEFAULT_CACHE_BYTES, LowerStates, train_classifier, trains_on_upper
 
         base = self.base
         positions = getattr(base.model.config, "max_position_embeddings", None)
@@ -170,7 +171,7 @@ class ClassifierBank(AdapterBank, family="classifier"):
         index = {label: i for i, label in enumerate(labels)}
         targets = [index[t] for t in train_set.targets]
         token_ids = tokenize(base.tokenizer, train_set.texts, config.max_length)
-        depth = resolve_depth(config, base.model, self.upper_layers)
+        config, depth, searched = settle_depth(config, base, token_ids, targets, self.upper_layers, progress, name)
         cache = DEFAULT_CACHE_BYTES if trains_on_upper(config, base.model, depth) and len(labels) > 1 else 0
         shared = depth == self.upper_layers  # else the module's split is not the router's: features from the bank's
         lower = LowerStates(SplitEncoder(base.model, depth, self.router_map if shared else None), base.tokenizer,
@@ -187,7 +188,7 @@ class ClassifierBank(AdapterBank, family="classifier"):
             trained = train_classifier(base.model, base.tokenizer, token_ids, targets, len(labels), config,
                                        upper_layers=depth, progress=progress, description=f"add-task {name}",
                                        lower_states=lower)
-            record.update(kind=config.kind, hyperparameters=trained.hyperparameters, metrics=dict(trained.metrics))
+            record.update(kind=config.kind, hyperparameters=trained.hyperparameters, metrics={**trained.metrics, **searched})
             faults.point("trained")
         else:
             record["hyperparameters"] = {"max_length": config.max_length}
@@ -360,7 +361,6 @@ class ClassifierBank(AdapterBank, family="classifier"):
                 export_head(info.path, staging, info.labels, _max_length({info.name: info}))
 
         return write_new_dir(out, fill, what="--out")
-
 
     def _peft_base(self, info: TaskInfo) -> str:
         """The packaged MiniLM's folder (or the base as recorded): loads offline."""

@@ -11,10 +11,12 @@ from typing import Any, ClassVar
 
 from ..core import DEFAULT_MAX_LENGTH
 from ..kinds import DEFAULT_KIND, get_kind, resolve_params
-from ..settings import MAX_BATCH, MAX_EPOCHS, MAX_LR, MAX_TOKENS, check, seed_setting, setting
+from ..errors import AdapterBankError
+from ..settings import MAX_BATCH, MAX_EPOCHS, MAX_LR, MAX_TOKENS, check, check_number, seed_setting, setting
 
 HEAD_LR = 1e-2  # the cosine head's peak learning rate, whatever the kind
 MAX_DEPTH = 256  # a bound for the setting's check; add-task checks depth against the base's own layer count
+AUTO_DEPTH = "auto"  # depth chosen at add-task time on held-out training texts (classify/depth.py)
 
 
 @dataclasses.dataclass
@@ -32,12 +34,16 @@ class ClassificationConfig:
     seed: int = seed_setting()
     max_length: int = setting(DEFAULT_MAX_LENGTH, "Tokens per text; longer texts are truncated.", above=0,
                               maximum=MAX_TOKENS, integer=True)
-    depth: int | None = setting(None, "Top transformer layers the module adapts (LoRA, IA3); default: the bank's "
-                                "(1). Deeper fits hard tasks better, at the cost of add-task time and of routed "
-                                "speed for batches that reach the task.", above=0, maximum=MAX_DEPTH, integer=True)
+    # str first: the CLI passes the text through ("auto" or a number); __post_init__ makes numbers ints
+    depth: str | int | None = setting(None, "Top transformer layers the module adapts (LoRA, IA3); default: the "
+                                      "bank's (1). Deeper fits hard tasks better, at the cost of add-task time and of "
+                                      "routed speed for batches that reach the task. 'auto': the better of the bank's "
+                                      "and the base's full depth on a tenth of the training texts (both trained on the "
+                                      "rest first, then the chosen one on every text).")
 
     def __post_init__(self) -> None:
         self.params = resolve_params(get_kind(self.kind, "classifier"), self.params)
+        self.depth = _depth(self.depth)
         check(self)
 
     def resolved_epochs(self, n_examples: int) -> int:
@@ -51,4 +57,19 @@ class ClassificationConfig:
         Measured on sst5's validation split at depth 6: 3e-3 -> 46.3 %, 1e-3 -> 48.4 % (test 49.1 -> 50.0 %)."""
         if self.lr is not None:
             return self.lr
+        if self.depth == AUTO_DEPTH:
+            raise AdapterBankError("the learning rate of depth 'auto' is known once the depth is (classify/depth.py)")
         return get_kind(self.kind).default_lr / (self.depth or 1) ** 0.5
+
+
+def _depth(value: Any) -> int | str | None:
+    """`depth` as given: None, AUTO_DEPTH, or a whole number of layers (an int, or its digits from the CLI)."""
+    if isinstance(value, str):
+        if value.strip().lower() == AUTO_DEPTH:
+            return AUTO_DEPTH
+        if not value.strip().isdigit():
+            raise AdapterBankError(f"depth must be a whole number of layers or {AUTO_DEPTH!r}, got {value!r}")
+        value = int(value)
+    if value is not None:
+        check_number("depth", value, above=0, maximum=MAX_DEPTH, integer=True)
+    return value

@@ -20,7 +20,7 @@ import torch
 from peft import get_peft_model
 
 from ..core import loop
-from ..core.backbone import SplitEncoder, num_layers
+from ..core.backbone import SplitEncoder
 from ..core.encoding import collate, length_batches, mean_pool, pad_id_of, pad_states
 from ..kinds import get_kind, quiet_peft
 from .config import HEAD_LR, ClassificationConfig
@@ -73,21 +73,6 @@ class LowerStates:
     def batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         states = [self.cached[i] for i in indices] if self.cached is not None else self._compute(indices)
         return pad_states(states)
-
-
-def resolve_depth(config: ClassificationConfig, base_model, bank_layers: int) -> int:
-    """The top layers a task's module adapts: `config.depth`, else the bank's; checked against the kind and
-    the base (a prompt module enters at the input, so it has no depth)."""
-    from ..errors import AdapterBankError
-
-    if config.depth is None:
-        return bank_layers
-    if get_kind(config.kind).batching != "upper":
-        raise AdapterBankError(f"depth applies to kinds that adapt layers; a {config.kind!r} module enters at the input")
-    total = num_layers(base_model) if SplitEncoder.supports(base_model) else 0
-    if config.depth > total:
-        raise AdapterBankError(f"depth {config.depth}: the base has {total} transformer layers")
-    return config.depth
 
 
 def trains_on_upper(config: ClassificationConfig, base_model, upper_layers: int | None) -> bool:

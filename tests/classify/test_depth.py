@@ -13,6 +13,7 @@ from adapterbank import AdapterBank, load_dataset
 from adapterbank.classify.heads import CosineHead
 from adapterbank.classify.training import module_features
 from adapterbank.errors import AdapterBankError
+from adapterbank.kinds import KINDS
 from conftest import DEVICE, tree_hashes
 
 FAST = {"epochs": 8, "progress": False}
@@ -56,3 +57,67 @@ def test_a_depth_without_meaning_is_refused_and_the_bank_is_unchanged(bank, task
     with pytest.raises(AdapterBankError, match=message):
         bank.add_task("beta", task_files["beta"][0], **settings, **FAST)
     assert tree_hashes(bank.path) == before
+
+
+@pytest.mark.parametrize("settings, message", [({"depth": "deep"}, "whole number of layers or 'auto'"),
+                                               ({"kind": "prompt", "depth": "auto"}, "enters at the input")])
+def test_a_depth_that_is_not_a_number_or_auto_is_refused(bank, task_files, settings, message):
+    before = tree_hashes(bank.path)
+    with pytest.raises(AdapterBankError, match=message):
+        bank.add_task("beta", task_files["beta"][0], **settings, **FAST)
+    assert tree_hashes(bank.path) == before
+
+
+def _scripted_accuracy(monkeypatch, values):
+    """Held-out accuracies returned in order (the candidates are tried shallow first); each call's held-out size kept."""
+    from adapterbank.classify import depth as search
+
+    seen = []
+
+    def accuracy(trained, tokenizer, token_ids, targets):
+        seen.append(len(targets))
+        return values[len(seen) - 1]
+
+    monkeypatch.setattr(search, "MIN_VALIDATION_TEXTS", 4)
+    monkeypatch.setattr(search, "_accuracy", accuracy)
+    return seen
+
+
+@pytest.mark.parametrize("accuracies, chosen", [((0.50, 0.75), 2), ((0.75, 0.50), 1), ((0.60, 0.60), 1)])
+def test_auto_depth_keeps_the_better_candidate_on_held_out_texts_and_the_shallower_on_a_tie(
+        bank, task_files, monkeypatch, accuracies, chosen):
+    seen = _scripted_accuracy(monkeypatch, accuracies)
+    info = bank.add_task("beta", task_files["beta"][0], depth="auto", **FAST)
+    search = info.record["metrics"]["depth_search"]
+    assert search["held_out_texts"] == len(info.labels) * 2 == seen[0] == seen[1]  # a tenth of each label's 24 texts
+    assert search["held_out_accuracy"] == {"1": accuracies[0], "2": accuracies[1]}
+    assert search["chosen"] == chosen == info.record["config"]["depth"]
+    layers = json.loads((info.path / "adapter_config.json").read_text())["layers_to_transform"]
+    assert layers == list(range(2 - chosen, 2))  # the final module, trained on every text at the chosen depth
+    assert info.record["hyperparameters"]["lr"] == pytest.approx(KINDS["lora"].default_lr / chosen ** 0.5)
+    texts = load_dataset(task_files["beta"][1]).texts[:6]
+    assert {p.label for p in bank.predict(texts, task="beta")} <= set(info.labels)
+
+
+def test_auto_depth_measures_real_held_out_accuracy(bank, task_files, monkeypatch):
+    from adapterbank.classify import depth as search
+
+    monkeypatch.setattr(search, "MIN_VALIDATION_TEXTS", 4)
+    info = bank.add_task("beta", task_files["beta"][0], depth="auto", **FAST)
+    measured = info.record["metrics"]["depth_search"]["held_out_accuracy"]
+    assert set(measured) == {"1", "2"} and all(0 <= a <= 1 for a in measured.values())
+    assert max(measured.values()) > 1 / len(info.labels)  # the synthetic task is learnable: above chance
+    best = max(measured, key=lambda d: (measured[d], -int(d)))
+    assert info.record["config"]["depth"] == int(best)
+
+
+def test_auto_depth_keeps_the_banks_depth_when_too_few_texts_are_held_out(bank, task_files, monkeypatch):
+    from adapterbank.classify import depth as search
+
+    seen = _scripted_accuracy(monkeypatch, (0.0, 1.0))
+    monkeypatch.setattr(search, "MIN_VALIDATION_TEXTS", 10 ** 6)
+    info = bank.add_task("beta", task_files["beta"][0], depth="auto", **FAST)
+    assert seen == []  # nothing trained to compare
+    assert info.record["config"]["depth"] == 1
+    assert info.record["metrics"]["depth_search"]["chosen"] == 1
+    assert json.loads((info.path / "adapter_config.json").read_text())["layers_to_transform"] == [1]
