@@ -1,10 +1,11 @@
 """Module depth on a hard task: sentence_suite/sst5 (5-way fine-grained sentiment, 8,544 training texts).
 Prints JSON.
 
-    python benchmarks/depth.py [--depths 1,2,3,6] [--device cpu] [--seed 0]
+    python benchmarks/depth.py [--depths 1,2,3,6,auto] [--device cpu] [--seed 0] [--no-plain]
 
 For each depth, add-task trains the task's module on that many top layers (`--depth`; 1 is the bank's
-default) and the task's validation and test texts are predicted with the task given (oracle accuracy: the
+default; `auto`: add-task chooses on a tenth of the training texts, classify/depth.py) and the task's
+validation and test texts are predicted with the task given (oracle accuracy: the
 module, not the router, is measured). Reference: the plain full-depth PEFT loop of add_task_speed.py (LoRA
 r=8 on query/value of every layer, linear head, same epochs). Also reported per depth: add-task seconds and
 predict's texts/s with the task given (the price of depth at inference).
@@ -44,7 +45,8 @@ def accuracy(bank, task, data) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DATA_ROOT / "sentence_suite" / "sst5")
-    parser.add_argument("--depths", default="1,2,3,6")
+    parser.add_argument("--depths", default="1,2,3,6", help="numbers of layers and/or auto (add-task chooses)")
+    parser.add_argument("--no-plain", action="store_true", help="skip the plain PEFT reference (50.1 %% on sst5, CPU)")
     parser.add_argument("--device", default="cpu", help="cpu (the README's figures), cuda, auto")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -58,8 +60,8 @@ def main() -> None:
     try:
         bank = AdapterBank.create(workdir / "bank", device=args.device)
         rows = []
-        for depth in [int(d) for d in args.depths.split(",")]:
-            name = f"sst5-depth{depth}"
+        for depth in [d if d == "auto" else int(d) for d in args.depths.split(",")]:
+            name = f"sst5-depth-{depth}"
             sync()
             started = time.perf_counter()
             info = bank.add_task(name, train, depth=depth, seed=args.seed, progress=False)
@@ -69,14 +71,16 @@ def main() -> None:
             test_acc, speed = accuracy(bank, name, test)
             rows.append({"depth": depth, "validation_accuracy": val_acc, "test_accuracy": test_acc,
                          "add_task_seconds": round(seconds, 1), "epochs": info.record["hyperparameters"]["epochs"],
-                         "predict_texts_per_s": speed})
+                         "predict_texts_per_s": speed, "trained_depth": info.record["config"]["depth"],
+                         **({"depth_search": info.record["metrics"]["depth_search"]} if depth == "auto" else {})})
             print(json.dumps(rows[-1]), flush=True)
         out["depths"] = rows
         best = max(rows, key=lambda row: row["validation_accuracy"])
         out["chosen_on_validation"] = {"depth": best["depth"], "test_accuracy": best["test_accuracy"]}
-        plain = plain_loop(bank.base, train, test, rows[0]["epochs"], args.seed, bucketed=True)
-        out["plain_full_depth_lora"] = {"test_accuracy": plain["validation_accuracy"], "seconds": plain["seconds"],
-                                        "epochs": rows[0]["epochs"]}
+        if not args.no_plain:
+            plain = plain_loop(bank.base, train, test, rows[0]["epochs"], args.seed, bucketed=True)
+            out["plain_full_depth_lora"] = {"test_accuracy": plain["validation_accuracy"], "seconds": plain["seconds"],
+                                            "epochs": rows[0]["epochs"]}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print(json.dumps(out, indent=2))
