@@ -16,6 +16,11 @@ def added_classification(info: TaskInfo) -> str:
              f"{metrics['add_task_seconds']:.1f} s, {info.size_bytes / 1024:.0f} KiB"]
     if "eval_accuracy" in metrics:
         lines.append(f"validation accuracy: {metrics['eval_accuracy']:.2%} ({info.record['data']['eval_examples']} texts)")
+    search = metrics.get("depth_search")
+    if search:  # --depth auto: what it measured, or why it kept the bank's depth
+        measured = ", ".join(f"{depth} {accuracy:.2%}" for depth, accuracy in search.get("held_out_accuracy", {}).items())
+        lines.append(f"depth {search['chosen']} (auto): " + (f"held-out accuracy by depth {measured} "
+                     f"({search['held_out_texts']} texts)" if measured else search["note"]))
     return "\n".join(lines)
 
 

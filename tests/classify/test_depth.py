@@ -14,6 +14,7 @@ from adapterbank.classify.heads import CosineHead
 from adapterbank.classify.training import module_features
 from adapterbank.errors import AdapterBankError
 from adapterbank.kinds import KINDS
+from adapterbank_cli.output import added_classification
 from conftest import DEVICE, tree_hashes
 
 FAST = {"epochs": 8, "progress": False}
@@ -109,6 +110,8 @@ def test_auto_depth_measures_real_held_out_accuracy(bank, task_files, monkeypatc
     assert max(measured.values()) > 1 / len(info.labels)  # the synthetic task is learnable: above chance
     best = max(measured, key=lambda d: (measured[d], -int(d)))
     assert info.record["config"]["depth"] == int(best)
+    shown = added_classification(info).splitlines()[-1]  # what the CLI prints after add-task
+    assert shown.startswith(f"depth {best} (auto): held-out accuracy by depth 1 ") and "texts)" in shown
 
 
 def test_auto_depth_keeps_the_banks_depth_when_too_few_texts_are_held_out(bank, task_files, monkeypatch):
