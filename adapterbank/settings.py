@@ -30,11 +30,12 @@ def seed_setting(help: str = "Random seed (same seed, same module).") -> Any:  #
 
 
 def setting(default: Any, help: str, *, above: float | None = None, minimum: float | None = None,  # noqa: A002
-            maximum: float | None = None, integer: bool = False) -> Any:
+            maximum: float | None = None, integer: bool = False, metavar: str | None = None) -> Any:
     """A dataclass field with its help and bounds: `above` (exclusive), `minimum`/`maximum` (inclusive).
-    None as a value always passes: it means "the default, resolved later"."""
+    None as a value always passes: it means "the default, resolved later". `metavar`: how `--help` names
+    the value, where its type alone would mislead (a number or a word)."""
     return dataclasses.field(default=default, metadata={"help": help, "above": above, "minimum": minimum,
-                                                        "maximum": maximum, "integer": integer})
+                                                        "maximum": maximum, "integer": integer, "metavar": metavar})
 
 
 def check(instance: Any) -> Any:

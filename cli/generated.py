@@ -51,7 +51,8 @@ def setting_options(sources: Iterable[tuple[str, type]], skip: tuple[str, ...] =
             help_text = first.metadata["help"] + ("" if len(entries) > 1 or not entries[0][0] else f" ({entries[0][0]})")
             help_text += "".join(f" {label}: {f.metadata['help']}" for label, f, _ in entries[1:]
                                  if f.metadata["help"] != first.metadata["help"])
-            option = typer.Option(None, _flag(name), help=help_text, show_default=shown if shown != "None" else False)
+            option = typer.Option(None, _flag(name), help=help_text, show_default=shown if shown != "None" else False,
+                                  metavar=first.metadata.get("metavar"))
             extra.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option,
                                            annotation=Optional[value_type]))
         signature = inspect.signature(command)

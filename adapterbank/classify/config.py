@@ -39,7 +39,7 @@ class ClassificationConfig:
                                       "bank's (1). Deeper fits hard tasks better, at the cost of add-task time and of "
                                       "routed speed for batches that reach the task. 'auto': the better of the bank's "
                                       "and the base's full depth on a tenth of the training texts (both trained on the "
-                                      "rest first, then the chosen one on every text).")
+                                      "rest first, then the chosen one on every text).", metavar="N|auto")
 
     def __post_init__(self) -> None:
         self.params = resolve_params(get_kind(self.kind, "classifier"), self.params)
