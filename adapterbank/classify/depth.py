@@ -1,8 +1,8 @@
 """A task module's depth: the one asked for, the bank's, or (`depth="auto"`) the better of the bank's and
 the base's full depth on a tenth of the task's own training texts.
 
-Why: the top layer alone fits easy tasks (intents: within a point of joint training) at a fraction of the
-cost, but not hard ones (sst5, 5-way sentiment: 47.6 % against 50.1 % for a full-depth LoRA), and a user
+Why: the top layer alone fits easy tasks (CLINC150's intents: 99.2 % with the task given) at a fraction of
+the cost, but not hard ones (sst5, 5-way sentiment: 47.6 % against 50.1 % for a full-depth LoRA), and a user
 adding a task cannot know which kind theirs is. The search trains both candidates on 90 % of the texts,
 keeps the better on the other 10 % (the shallower on a tie: cheaper to train and to route), then add-task
 trains the chosen depth on every text. It costs both trainings on top of the final one.

@@ -124,3 +124,13 @@ def test_auto_depth_keeps_the_banks_depth_when_too_few_texts_are_held_out(bank, 
     assert info.record["config"]["depth"] == 1
     assert info.record["metrics"]["depth_search"]["chosen"] == 1
     assert json.loads((info.path / "adapter_config.json").read_text())["layers_to_transform"] == [1]
+
+
+def test_the_held_out_carve_is_a_seeded_tenth_of_each_label_apart_from_the_training_rows():
+    from adapterbank.classify.depth import _carve
+
+    targets = [0] * 40 + [1] * 25 + [2] * 9  # 4, 2 and 0 held out (a tenth, rounded down)
+    train, held_out = _carve(targets, seed=3)
+    assert sorted(train + held_out) == list(range(len(targets))) and not set(train) & set(held_out)
+    assert [sum(targets[i] == label for i in held_out) for label in (0, 1, 2)] == [4, 2, 0]
+    assert _carve(targets, seed=3) == (train, held_out) and _carve(targets, seed=4)[1] != held_out
