@@ -1,7 +1,7 @@
-"""Module depth on a hard task: sentence_suite/sst5 (5-way fine-grained sentiment, 8,544 training texts).
-Prints JSON.
+"""Module depth on a hard task: sentence_suite/sst5 (5-way fine-grained sentiment, 8,544 training texts), or
+another `--data` folder (without a validation split, only test accuracy is reported). Prints JSON.
 
-    python benchmarks/depth.py [--depths 1,2,3,6,auto] [--device cpu] [--seed 0] [--no-plain]
+    python benchmarks/depth.py [--data DIR] [--depths 1,2,3,6,auto] [--device cpu] [--seed 0] [--no-plain]
 
 For each depth, add-task trains the task's module on that many top layers (`--depth`; 1 is the bank's
 default; `auto`: add-task chooses on a tenth of the training texts, classify/depth.py) and the task's
@@ -51,8 +51,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.manual_seed(args.seed)
-    train, validation, test = (load_dataset(args.data / f"{split}.jsonl") for split in ("train", "validation", "test"))
-    out: dict = {"data": str(args.data), "train_texts": len(train), "validation_texts": len(validation),
+    train, test = (load_dataset(args.data / f"{split}.jsonl") for split in ("train", "test"))
+    has_validation = (args.data / "validation.jsonl").exists()  # sst5 has one; the rest of sentence_suite does not
+    validation = load_dataset(args.data / "validation.jsonl") if has_validation else None
+    out: dict = {"data": str(args.data), "train_texts": len(train), "validation_texts": len(validation or []),
                  "test_texts": len(test), "seed": args.seed,
                  "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                              "python": platform.python_version(), "torch": torch.__version__, "device": args.device}}
@@ -61,13 +63,13 @@ def main() -> None:
         bank = AdapterBank.create(workdir / "bank", device=args.device)
         rows = []
         for depth in [d if d == "auto" else int(d) for d in args.depths.split(",")]:
-            name = f"sst5-depth-{depth}"
+            name = f"{args.data.name}-depth-{depth}"
             sync()
             started = time.perf_counter()
             info = bank.add_task(name, train, depth=depth, seed=args.seed, progress=False)
             sync()
             seconds = time.perf_counter() - started
-            val_acc, _ = accuracy(bank, name, validation)
+            val_acc = accuracy(bank, name, validation)[0] if validation is not None else None
             test_acc, speed = accuracy(bank, name, test)
             rows.append({"depth": depth, "validation_accuracy": val_acc, "test_accuracy": test_acc,
                          "add_task_seconds": round(seconds, 1), "epochs": info.record["hyperparameters"]["epochs"],
@@ -75,8 +77,9 @@ def main() -> None:
                          **({"depth_search": info.record["metrics"]["depth_search"]} if depth == "auto" else {})})
             print(json.dumps(rows[-1]), flush=True)
         out["depths"] = rows
-        best = max(rows, key=lambda row: row["validation_accuracy"])
-        out["chosen_on_validation"] = {"depth": best["depth"], "test_accuracy": best["test_accuracy"]}
+        if validation is not None:
+            best = max(rows, key=lambda row: row["validation_accuracy"])
+            out["chosen_on_validation"] = {"depth": best["depth"], "test_accuracy": best["test_accuracy"]}
         if not args.no_plain:
             plain = plain_loop(bank.base, train, test, rows[0]["epochs"], args.seed, bucketed=True)
             out["plain_full_depth_lora"] = {"test_accuracy": plain["validation_accuracy"], "seconds": plain["seconds"],
