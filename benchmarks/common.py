@@ -22,12 +22,17 @@ def subset(data, labels, source, per_label=None):
     return dataset_from_pairs(texts, targets, source=source)
 
 
-def crowding_means(real, per_task: int, generator):
-    """`per_task` synthetic class means placed among the real ones (`real`: [classes, dim]): each a real class
+def crowding(real):
+    """A maker of synthetic class means placed among the real ones (`real`: [classes, dim]): each a real class
     mean moved in a random direction by the median distance between real classes, so a large synthetic bank
-    crowds the real classes instead of sitting apart from them."""
+    crowds the real classes instead of sitting apart from them. `crowding(real)(n, generator)`: n means."""
     import torch
 
-    spread = torch.cdist(real, real).median()
-    near = real[torch.randint(0, len(real), (per_task,), generator=generator)]
-    return near + torch.nn.functional.normalize(torch.randn(per_task, real.shape[1], generator=generator), dim=-1) * spread
+    spread = torch.cdist(real, real).median()  # once, not per synthetic task
+
+    def means(per_task: int, generator):
+        near = real[torch.randint(0, len(real), (per_task,), generator=generator)]
+        offsets = torch.randn(per_task, real.shape[1], generator=generator)
+        return near + torch.nn.functional.normalize(offsets, dim=-1) * spread
+
+    return means

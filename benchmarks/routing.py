@@ -27,7 +27,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from adapterbank import AdapterBank, load_dataset  # noqa: E402
-from common import crowding_means, subset  # noqa: E402
+from common import crowding, subset  # noqa: E402
 from adapterbank.core.encoding import collate, length_batches, mean_pool, pad_id_of, tokenize  # noqa: E402
 from adapterbank.routing import methods  # noqa: E402
 from adapterbank.routing.index import RouterIndex  # noqa: E402
@@ -115,6 +115,7 @@ def cold_open(bank_dir: Path, template: str, n_tasks: int, texts: list[str], per
     source = bank.task(template)
     dim = bank.registry.manifest["router"]["feature_dim"]
     real = bank._index(bank._records()).t["means"].clone()
+    crowd = crowding(real)
     g = torch.Generator().manual_seed(0)
     packed = dict(zip(PACKED, pack_covariance(torch.eye(dim) / dim)))  # packed once: no eigh per synthetic task
     # a held-out distance table, as add-task writes: the first answer reads the routed task's factor from its file
@@ -127,7 +128,7 @@ def cold_open(bank_dir: Path, template: str, n_tasks: int, texts: list[str], per
         with bank.registry.stage_task(name, record) as staging:
             for f in ("adapter_config.json", "adapter_model.safetensors", "head.safetensors"):
                 shutil.copy(source.path / f, staging / f)
-            save_statistics(staging, {**stats, "means": crowding_means(real, per_task, g)})
+            save_statistics(staging, {**stats, "means": crowd(per_task, g)})
     bank.predict(["warm the index"])  # builds the index over every task in memory...
     bank._save_index()  # ... and saves it, as add-task and remove do (reads never write)
     features = bank.router_features(texts).cpu()

@@ -33,7 +33,7 @@ from adapterbank.routing.index import RouterIndex  # noqa: E402
 from adapterbank.routing import methods  # noqa: E402
 from adapterbank.routing.methods import METHODS, int8_logits, shared_covariance  # noqa: E402
 from adapterbank.routing.statistics import class_statistics  # noqa: E402
-from common import DATA_ROOT, crowding_means  # noqa: E402
+from common import DATA_ROOT, crowding  # noqa: E402
 
 DEFAULT_SHORTLIST_MIN = methods.SHORTLIST_MIN_CLASSES
 
@@ -100,16 +100,17 @@ def main() -> None:
 def speed_by_classes(index: RouterIndex, x: torch.Tensor) -> list[dict]:
     """From how many classes the shortlist pays: `route` for 64 real texts (median of 200 calls after 20 to
     warm up) with every class in fp32 and with the shortlist, as synthetic 10-class tasks join the real ones
-    (common.crowding_means, as in routing.py's cold open), and the share of all texts whose best task is
+    (common.crowding, as in routing.py's cold open), and the share of all texts whose best task is
     the same both ways."""
     real = index.t["means"].clone()
+    crowd = crowding(real)
     g = torch.Generator().manual_seed(0)
     covariance = torch.eye(real.shape[1]) / real.shape[1]
     rows, added = [], 0
     for synthetic in SYNTHETIC_TASKS:
         for i in range(added, synthetic):
             index.add(f"synthetic-{i}", f"synthetic-{i}", {"counts": torch.full((10,), 50.0), "covariance": covariance,
-                                                           "means": crowding_means(real, 10, g),
+                                                           "means": crowd(10, g),
                                                            "score_quantiles": torch.zeros(101)})
         added = synthetic
         row = {"classes": len(index.t["means"])}
