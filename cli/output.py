@@ -17,10 +17,10 @@ def added_classification(info: TaskInfo) -> str:
     if "eval_accuracy" in metrics:
         lines.append(f"validation accuracy: {metrics['eval_accuracy']:.2%} ({info.record['data']['eval_examples']} texts)")
     search = metrics.get("depth_search")
-    if search:  # --depth auto: what it measured, or why it kept the bank's depth
+    if search:  # the depth search: what it measured, and why it stopped where it did
         measured = ", ".join(f"{depth} {accuracy:.2%}" for depth, accuracy in search.get("held_out_accuracy", {}).items())
-        lines.append(f"depth {search['chosen']} (auto): " + (f"held-out accuracy by depth {measured} "
-                     f"({search['held_out_texts']} texts)" if measured else search["note"]))
+        said = [f"held-out accuracy by depth {measured} ({search['held_out_texts']} texts)"] if measured else []
+        lines.append(f"depth {search['chosen']} (auto): " + "; ".join(said + [search["note"]] * ("note" in search)))
     return "\n".join(lines)
 
 

@@ -171,14 +171,14 @@ class ClassifierBank(AdapterBank, family="classifier"):
         index = {label: i for i, label in enumerate(labels)}
         targets = [index[t] for t in train_set.targets]
         token_ids = tokenize(base.tokenizer, train_set.texts, config.max_length)
-        config, depth, searched = settle_depth(config, base, token_ids, targets, self.upper_layers, progress, name)
-        cache = DEFAULT_CACHE_BYTES if trains_on_upper(config, base.model, depth) and len(labels) > 1 else 0
-        shared = depth == self.upper_layers  # else the module's split is not the router's: features from the bank's
-        lower = LowerStates(SplitEncoder(base.model, depth, self.router_map if shared else None), base.tokenizer,
-                            token_ids, self.device, cache)
+        cache = DEFAULT_CACHE_BYTES if trains_on_upper(config, base.model, self.upper_layers) and len(labels) > 1 else 0
+        lower = LowerStates(SplitEncoder(base.model, self.upper_layers, self.router_map), base.tokenizer, token_ids,
+                            self.device, cache)  # the router's features, and the bank-depth module's training input
         faults.point("lower-pass")
-        features = lower.router_features if shared else self._features_of(token_ids)
-        stats = class_statistics(features, targets, len(labels))
+        stats = class_statistics(lower.router_features, targets, len(labels))
+        config, depth, searched = settle_depth(config, base, token_ids, targets, self.upper_layers, progress, name, lower)
+        if depth != self.upper_layers:  # a deeper module: its own lower pass (the router's features stay the bank's)
+            lower = LowerStates(SplitEncoder(base.model, depth), base.tokenizer, token_ids, self.device, cache)
         record = {"objective": config.objective, "labels": labels, "kind": None, "adapterbank_version": __version__,
                   "base": {"id": self.base_id, "fingerprint": base.fingerprint}, "config": dataclasses.asdict(config),
                   "data": {"train_fingerprint": train_set.fingerprint(), "train_examples": len(train_set),

@@ -35,11 +35,12 @@ class ClassificationConfig:
     max_length: int = setting(DEFAULT_MAX_LENGTH, "Tokens per text; longer texts are truncated.", above=0,
                               maximum=MAX_TOKENS, integer=True)
     # str first: the CLI passes the text through ("auto" or a number); __post_init__ makes numbers ints
-    depth: str | int | None = setting(None, "Top transformer layers the module adapts (LoRA, IA3); default: the "
-                                      "bank's (1). Deeper fits hard tasks better, at the cost of add-task time and of "
-                                      "routed speed for batches that reach the task. 'auto': the better of the bank's "
-                                      "and the base's full depth on a tenth of the training texts (both trained on the "
-                                      "rest first, then the chosen one on every text).", metavar="N|auto")
+    depth: str | int | None = setting(None, "Top transformer layers the module adapts (LoRA, IA3). Default, "
+                                      "or 'auto': the bank's (1), unless a module over the base's full depth beats it "
+                                      "by more than a point on a tenth of the training texts held out (from 500 "
+                                      "texts; costs one more top-layer training, and a full-depth one when the top "
+                                      "layer misses over a point). Deeper fits hard tasks, at the cost of add-task "
+                                      "time and of routed speed for batches that reach the task.", metavar="N|auto")
 
     def __post_init__(self) -> None:
         self.params = resolve_params(get_kind(self.kind, "classifier"), self.params)

@@ -64,6 +64,14 @@ class LowerStates:
                         self.cached[index] = lower.hidden[row, : len(token_ids[index])].clone()
         self.router_features = torch.stack(features)
 
+    def subset(self, rows: Sequence[int]) -> "LowerStates":
+        """The same pass over `rows` only, sharing its tensors: training on part of the texts runs nothing again."""
+        view = copy.copy(self)
+        view.token_ids = [self.token_ids[r] for r in rows]
+        view.cached = [self.cached[r] for r in rows] if self.cached is not None else None
+        view.router_features = self.router_features[list(rows)]
+        return view
+
     def _compute(self, batch: Sequence[int]) -> list[torch.Tensor]:
         input_ids, mask = collate([self.token_ids[i] for i in batch], self.pad, self.device)
         with torch.no_grad():
