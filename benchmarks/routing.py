@@ -181,11 +181,14 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="adapterbank-routing-"))
     try:
         bank = AdapterBank.create(workdir / "bank", device=DEVICE)
-        add_seconds = []
+        add_seconds, searches = [], []
         for i, labels in enumerate(tasks):
-            _, seconds = timed(lambda: bank.add_task(f"t{i:02d}", subset(train, labels, f"t{i}", per_label), progress=False))
+            info, seconds = timed(lambda: bank.add_task(f"t{i:02d}", subset(train, labels, f"t{i}", per_label),
+                                                        progress=False))
             add_seconds.append(seconds)
+            searches.append(info.record["metrics"].get("depth_search"))
         out["add_task_seconds_mean"] = round(sum(add_seconds) / len(add_seconds), 1)
+        out["depth_search"] = searches  # per task, in order: what add-task's default depth search measured and chose
         texts, gold = test_set.texts, test_set.targets
         bank.predict(texts[:64])  # warm-up: modules loaded, threads spun up
         methods = []

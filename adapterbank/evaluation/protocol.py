@@ -73,13 +73,13 @@ def run(tasks: list[TaskData], out_dir: Path, scenario: str = "class", base: str
     stages, final = [], {}
     for i, task in enumerate(tqdm(tasks, desc="eval: adding tasks", unit="task", disable=not progress)):
         t0 = time.perf_counter()
-        bank.add_task(task.name, task.train, config=config, progress=progress)
+        added = bank.add_task(task.name, task.train, config=config, progress=progress)
         t1 = time.perf_counter()
         final = _predict_tasks(bank, tasks, range(min(i + 2, size)), task_given, learned=i)
         for j, predictions in final.items():
             matrix[i][j] = _accuracy(predictions, tasks[j].test.targets)
         stages.append({"task": task.name, "add_task_s": round(t1 - t0, 2), "eval_s": round(time.perf_counter() - t1, 2),
-                       "peak_rss_mb": _peak_rss_mb()})
+                       "peak_rss_mb": _peak_rss_mb(), "depth": added.record["config"].get("depth")})
     oracle = _predict_tasks(bank, tasks, range(size), task_given=True, learned=size - 1)
     oracle_per_task = [_accuracy(oracle[j], tasks[j].test.targets) for j in range(size)]
     routing = None

@@ -40,8 +40,10 @@ def markdown(results: dict) -> str:
               "| after \\ on | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for name, row in zip(names, results["accuracy_matrix"]):
         lines.append(f"| {name} | " + " | ".join(_pct(v) if v is not None else "" for v in row) + " |")
-    lines += ["", "## Time and memory", "", "| stage | add-task s | eval s | peak RSS MB |", "|---|---|---|---|"]
-    lines += [f"| {s['task']} | {s['add_task_s']} | {s['eval_s']} | {s['peak_rss_mb']} |" for s in results["stages"]]
+    lines += ["", "## Time and memory", "", "| stage | add-task s | module depth | eval s | peak RSS MB |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {s['task']} | {s['add_task_s']} | {s.get('depth') or '–'} | {s['eval_s']} | {s['peak_rss_mb']} |"
+              for s in results["stages"]]
     lines += ["", "Wall time: " + ", ".join(f"{k} {v}" for k, v in results["wall_s"].items()) +
               f"; peak RSS {results['peak_rss_mb']} MB.", ""]
     return "\n".join(lines)
