@@ -46,7 +46,7 @@ def resolve_depth(config: ClassificationConfig, base_model, bank_layers: int) ->
     return config.depth
 
 
-def searches(config: ClassificationConfig) -> bool:
+def _searches(config: ClassificationConfig) -> bool:
     """Whether add-task chooses the depth: asked for (`auto`), or by default for a kind that adapts layers."""
     return config.depth == AUTO_DEPTH or (config.depth is None and get_kind(config.kind).batching == "upper")
 
@@ -57,7 +57,7 @@ def settle_depth(config: ClassificationConfig, base, token_ids: Sequence[Sequenc
     """(the config with its depth settled, that depth, what the search measured for the task's metrics).
     `targets`: each text's label index (every label of the task occurs). `lower`: the bank's lower pass over
     `token_ids`, reused by the bank-depth candidate."""
-    if not searches(config):
+    if not _searches(config):
         return config, resolve_depth(config, base.model, bank_layers), {}
     deep = resolve_depth(dataclasses.replace(config, depth=AUTO_DEPTH), base.model, bank_layers)
     n_classes = len(set(targets))
@@ -79,7 +79,8 @@ def settle_depth(config: ClassificationConfig, base, token_ids: Sequence[Sequenc
     accuracy = {bank_layers: measure(bank_layers, lower.subset(train_rows) if lower is not None else None)}
     search = {"held_out_texts": len(held_out), "held_out_accuracy": accuracy}
     if 1 - accuracy[bank_layers] <= MIN_GAIN + _EPS:
-        search["note"] = f"depth {bank_layers} misses at most {MIN_GAIN:.0%} of the held-out texts: a deeper one cannot gain more"
+        search["note"] = (f"depth {bank_layers} misses at most {MIN_GAIN * 100:g} % of the held-out texts: "
+                          "a deeper module cannot win by more than that")
         return _settled(config, bank_layers, search)
     accuracy[deep] = measure(deep, None)
     return _settled(config, deep if accuracy[deep] - accuracy[bank_layers] > MIN_GAIN + _EPS else bank_layers, search)

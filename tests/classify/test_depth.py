@@ -95,6 +95,7 @@ def test_auto_depth_keeps_the_deeper_candidate_only_when_it_wins_by_more_than_a_
     search = info.record["metrics"]["depth_search"]
     assert search["held_out_texts"] == len(info.labels) * 2  # a tenth of each label's 24 texts
     assert seen == [search["held_out_texts"]] * len(accuracies)  # the deeper module is trained only when it could win
+    assert ("cannot win by more than that" in search.get("note", "")) == (len(accuracies) == 1)
     assert search["held_out_accuracy"] == {str(depth): a for depth, a in zip((1, 2), accuracies)}
     assert search["chosen"] == chosen == info.record["config"]["depth"]
     layers = json.loads((info.path / "adapter_config.json").read_text())["layers_to_transform"]
@@ -120,7 +121,7 @@ def test_auto_depth_measures_real_held_out_accuracy(bank, task_files, monkeypatc
     assert all(0 <= a <= 1 for a in measured.values())
     assert measured["1"] > 1 / len(info.labels)  # the synthetic task is learnable: above chance
     if measured["1"] >= 1 - search.MIN_GAIN:  # the top layer leaves no point to win: nothing deeper is trained
-        assert set(measured) == {"1"} and "cannot gain more" in found["note"] and found["chosen"] == 1
+        assert set(measured) == {"1"} and "cannot win by more than that" in found["note"] and found["chosen"] == 1
     else:
         assert set(measured) == {"1", "2"} and found["chosen"] == (2 if measured["2"] > measured["1"] + 0.01 else 1)
     assert info.record["config"]["depth"] == found["chosen"]

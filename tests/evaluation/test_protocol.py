@@ -119,6 +119,11 @@ def test_report_files(class_run, tmp_path):
     assert json.loads(paths["results"].read_text())["average_accuracy"] == results["average_accuracy"]
     text = paths["report"].read_text()
     assert "| adapterbank |" in text and "| seqlora |" in text and "| after \\ on | alpha | beta | gamma |" in text
+    # each task's module depth as add-task settled it (too few texts to search here: the bank's top layer)
+    assert [stage["depth"] for stage in results["stages"]] == [1, 1, 1]
+    timing = text.split("## Time and memory")[1].splitlines()
+    assert "| stage | add-task s | module depth | eval s | peak RSS MB |" in timing
+    assert [line.split(" | ")[2] for line in timing if line.startswith(("| alpha |", "| beta |", "| gamma |"))] == ["1"] * 3
     assert paths["heatmap"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tmp_path.glob(".tmp-*"))
 
