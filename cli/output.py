@@ -20,7 +20,7 @@ def added_classification(info: TaskInfo) -> str:
     if search:  # the depth search: what it measured, and why it stopped where it did
         measured = ", ".join(f"{depth} {accuracy:.2%}" for depth, accuracy in search.get("held_out_accuracy", {}).items())
         said = [f"held-out accuracy by depth {measured} ({search['held_out_texts']} texts)"] if measured else []
-        lines.append(f"depth {search['chosen']} (auto): " + "; ".join(said + [search["note"]] * ("note" in search)))
+        lines.append(f"depth {search['chosen']} (auto): " + "; ".join(said + ([search["note"]] if "note" in search else [])))
     return "\n".join(lines)
 
 

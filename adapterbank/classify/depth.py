@@ -62,7 +62,7 @@ def settle_depth(config: ClassificationConfig, base, token_ids: Sequence[Sequenc
     deep = resolve_depth(dataclasses.replace(config, depth=AUTO_DEPTH), base.model, bank_layers)
     n_classes = len(set(targets))
     train_rows, held_out = _carve(targets, config.seed)
-    reason = ("the bank's depth is the base's full depth" if deep <= bank_layers else
+    reason = ("the base has no layers beyond the bank's to adapt" if deep <= bank_layers else
               "one label: no module to train" if n_classes < 2 else
               f"{len(held_out)} held-out texts, fewer than the {MIN_VALIDATION_TEXTS} it takes to choose"
               if len(held_out) < MIN_VALIDATION_TEXTS else None)
