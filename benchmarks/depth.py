@@ -3,10 +3,10 @@ another `--data` folder (without a validation split, only test accuracy is repor
 
     python benchmarks/depth.py [--data DIR] [--depths 1,2,3,6,auto] [--device cpu] [--seed 0] [--no-plain]
 
-For each depth, add-task trains the task's module on that many top layers (`--depth`; 1 is the bank's
-default; `auto`: add-task chooses on a tenth of the training texts, classify/depth.py) and the task's
-validation and test texts are predicted with the task given (oracle accuracy: the
-module, not the router, is measured). Reference: the plain full-depth PEFT loop of add_task_speed.py (LoRA
+For each depth, add-task trains the task's module on that many top layers (`--depth`; 1: the bank's top
+layer, no search; `auto`: add-task's default, chosen on a tenth of the training texts, classify/depth.py)
+and the task's validation and test texts are predicted with the task given (oracle accuracy: the module,
+not the router, is measured). Reference: the plain full-depth PEFT loop of add_task_speed.py (LoRA
 r=8 on query/value of every layer, linear head, same epochs). Also reported per depth: add-task seconds and
 predict's texts/s with the task given (the price of depth at inference).
 """

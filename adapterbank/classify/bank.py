@@ -135,8 +135,8 @@ class ClassifierBank(AdapterBank, family="classifier"):
                 (text, label) pairs, or a (texts, labels) pair of lists.
             eval: validation data in the same form; its accuracy is stored in the task's metrics.
             config: a ClassificationConfig; or give its fields as keywords (`kind="prompt"`, `epochs=5`,
-                `lr=...`, `seed=...`, `max_length=...`, `depth=6` or `depth="auto"`) together with the kind's
-                hyper-parameters (`rank=4` for LoRA, `virtual_tokens=8` for prompt tuning).
+                `lr=...`, `batch_size=...`, `seed=...`, `max_length=...`, `depth=1` to skip the depth search)
+                with the kind's hyper-parameters (`rank=4` for LoRA, `virtual_tokens=8` for prompt tuning).
             progress: show a progress bar over the training steps.
 
         A task with a single label gets no module or head (there is nothing to discriminate): the
