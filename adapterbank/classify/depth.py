@@ -12,7 +12,7 @@ Then add-task trains the chosen depth on every text. An easy task pays one top-l
 Why the candidates train on all of the 90 %, though on a large task the deep one costs as much as add-task:
 a capped sample (2,000 or 4,000 texts, the same for both candidates) was measured and moved the choice both
 ways, since a deep module's lead depends on how many texts it sees. On held-out texts, full-depth minus
-top-layer accuracy: CLINC150's 150 intents +0.8 on all 13,500 texts but +1.5 / +1.1 on 2,000 / 4,000 (deep
+top-layer accuracy: CLINC150's 150 intents +0.8 on all 13,500 texts but +1.5 / +1.1 on about 2,000 / 4,000 (deep
 chosen at both), sst5 +2.0 on all but +0.6 on 4,000 (depth lost); mr and trec kept their depth.
 """
 
