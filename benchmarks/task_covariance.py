@@ -1,6 +1,6 @@
 """Probe for the next router: each task's own covariance blended into the pooled one. Prints JSON.
 
-    python benchmarks/task_covariance.py [--alphas 0.05,0.1,0.2,0.3] [--seed 0]    # ~10 minutes on 2 cores
+    python benchmarks/task_covariance.py [--alphas 0.05,0.1,0.2,0.3] [--seed 0]    # ~8 minutes on 2 cores
 
 The default router scores every class with one covariance pooled over all tasks (routing/methods.py). A task's
 texts need not spread like the pool's, and each task already stores its own within-class covariance (as the int8
