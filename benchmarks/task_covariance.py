@@ -1,6 +1,6 @@
 """Probe for the next router: each task's own covariance blended into the pooled one. Prints JSON.
 
-    python benchmarks/task_covariance.py [--alphas 0.05,0.1,0.2,0.3] [--seed 0]    # ~8 minutes on 2 cores
+    python benchmarks/task_covariance.py [--alphas 0.05,0.1,0.2,0.3] [--seed 0]    # ~5 minutes on 2 cores
 
 The default router scores every class with one covariance pooled over all tasks (routing/methods.py). A task's
 texts need not spread like the pool's, and each task already stores its own within-class covariance (as the int8
@@ -11,6 +11,9 @@ carved from the training texts, reported on test), over every task and re-scorin
 top 3 (what a cheap second stage would do). The statistics are what a bank stores (class_statistics: means and
 the packed covariance), computed on the bank's own router features (the kernel map over frozen MiniLM).
 Not the bank's router: no speed is measured, and alpha = 0 is the default router's decision up to rounding.
+
+`--ranks` also scores the form a scalable second stage would need (Woodbury over one shared matrix):
+(1 - alpha) * shrunk pooled + alpha * F_r F_r^T, F_r the first r columns of the task's stored factor (no tail).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import torch  # noqa: E402
 
 from adapterbank import AdapterBank, load_dataset  # noqa: E402
 from adapterbank.routing.methods import SHRINKAGE  # noqa: E402
-from adapterbank.routing.statistics import class_statistics  # noqa: E402
+from adapterbank.routing.statistics import PACKED, class_statistics  # noqa: E402
 from common import DATA_ROOT  # noqa: E402
 
 
@@ -55,15 +58,26 @@ def _pair(data):
     return data.texts, data.targets
 
 
+ALL_COLUMNS = 1 << 30  # a rank beyond any factor's width: every stored column
+
+
 def shrunk(covariance: torch.Tensor) -> torch.Tensor:
     return (1 - SHRINKAGE) * covariance + SHRINKAGE * covariance.diagonal().mean() * torch.eye(len(covariance), dtype=covariance.dtype)
 
 
-def task_scores(x: torch.Tensor, means: list, covariances: list, pooled: torch.Tensor, alpha: float) -> torch.Tensor:
-    """[B, tasks] log-evidence: log-sum over a task's classes of Gaussian likelihoods with the task's blended covariance."""
+def blends(pooled: torch.Tensor, covariances: list, factors: list, alpha: float, rank: int | None) -> list:
+    """Each task's covariance: the exact blend, shrunk (rank None), or the low-rank form over the shrunk pool
+    with that many of the factor's columns (any rank at least the factor's width: all of them)."""
+    if rank is None:
+        return [shrunk((1 - alpha) * pooled + alpha * own) for own in covariances]
+    return [(1 - alpha) * shrunk(pooled) + alpha * f[:, :rank] @ f[:, :rank].T for f in factors]
+
+
+def task_scores(x: torch.Tensor, means: list, covariances: list) -> torch.Tensor:
+    """[B, tasks] log-evidence: log-sum over a task's classes of Gaussian likelihoods with the task's covariance."""
     out = []
-    for mu, own in zip(means, covariances):
-        factor = torch.linalg.cholesky(shrunk((1 - alpha) * pooled + alpha * own))
+    for mu, covariance in zip(means, covariances):
+        factor = torch.linalg.cholesky(covariance)
         z = torch.linalg.solve_triangular(factor, x.T, upper=False).T
         centres = torch.linalg.solve_triangular(factor, mu.T, upper=False).T
         out.append(torch.logsumexp(-0.5 * torch.cdist(z, centres).pow(2), -1) - factor.diagonal().log().sum())
@@ -74,9 +88,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--alphas", default="0.05,0.1,0.2,0.3")
     parser.add_argument("--datasets", default="clinc150,banking77")
+    parser.add_argument("--ranks", default="64,all", help="low-rank forms to score at each alpha ('' for none)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     alphas = [float(a) for a in args.alphas.split(",")]
+    ranks = [(r, ALL_COLUMNS if r == "all" else int(r)) for r in args.ranks.split(",") if r]
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         bank = AdapterBank.create(f"{tmp}/bank")
@@ -84,26 +100,30 @@ def main() -> None:
         for name in args.datasets.split(","):
             train_x, train_y, val_x, val_y, test_x, test_y, tasks = splits(name, args.seed)
             features = bank.router_features(train_x).double()
-            means, covariances, counts = [], [], []
+            means, covariances, factors, counts = [], [], [], []
             for labels in tasks:
                 index = {label: i for i, label in enumerate(labels)}
                 rows = [i for i, y in enumerate(train_y) if y in index]
                 stats = class_statistics(features[rows], [index[train_y[i]] for i in rows], len(labels), held_out_scope=False)
                 means.append(stats["means"].double())
                 covariances.append(stats["covariance"].double())  # as stored: the packed int8 factor, unpacked
+                factors.append((stats[PACKED[0]].double() * stats[PACKED[1]].double()))
                 counts.append(len(rows))
             pooled = sum(c * n for c, n in zip(covariances, counts)) / sum(counts)
             owner = {label: t for t, labels in enumerate(tasks) for label in labels}
             run = {}
             for split, texts, gold in (("validation", val_x, val_y), ("test", test_x, test_y)):
                 x, truth = bank.router_features(texts).double(), torch.tensor([owner[y] for y in gold])
-                base = task_scores(x, means, covariances, pooled, 0.0)
+                base = task_scores(x, means, blends(pooled, covariances, factors, 0.0, None))
                 top3 = base.topk(3, -1).indices
                 rows = {"0": {"every_task": _accuracy(base.argmax(-1), truth)}}
                 for alpha in alphas:
-                    scores = task_scores(x, means, covariances, pooled, alpha)
+                    scores = task_scores(x, means, blends(pooled, covariances, factors, alpha, None))
                     rescored = top3.gather(1, scores.gather(1, top3).argmax(-1, keepdim=True)).squeeze(1)
                     rows[str(alpha)] = {"every_task": _accuracy(scores.argmax(-1), truth), "top3": _accuracy(rescored, truth)}
+                    for label, rank in ranks:
+                        low = task_scores(x, means, blends(pooled, covariances, factors, alpha, rank))
+                        rows[str(alpha)][f"low_rank_{label}"] = _accuracy(low.argmax(-1), truth)
                 run[split] = rows
             chosen = max(run["validation"], key=lambda a: run["validation"][a]["every_task"])
             run["chosen_on_validation"] = chosen
