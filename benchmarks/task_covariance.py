@@ -31,7 +31,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from adapterbank import AdapterBank, load_dataset  # noqa: E402
-from adapterbank.routing.methods import SHRINKAGE  # noqa: E402
+from adapterbank.routing.methods import SHRINKAGE, shrunk  # noqa: E402
 from adapterbank.routing.statistics import PACKED, class_statistics  # noqa: E402
 from common import DATA_ROOT  # noqa: E402
 
@@ -59,10 +59,6 @@ def _pair(data):
 
 
 ALL_COLUMNS = 1 << 30  # a rank beyond any factor's width: every stored column
-
-
-def shrunk(covariance: torch.Tensor) -> torch.Tensor:
-    return (1 - SHRINKAGE) * covariance + SHRINKAGE * covariance.diagonal().mean() * torch.eye(len(covariance), dtype=covariance.dtype)
 
 
 def blends(pooled: torch.Tensor, covariances: list, factors: list, alpha: float, rank: int | None) -> list:
@@ -116,15 +112,15 @@ def main() -> None:
                 x, truth = bank.router_features(texts).double(), torch.tensor([owner[y] for y in gold])
                 base = task_scores(x, means, blends(pooled, covariances, factors, 0.0, None))
                 top3 = base.topk(3, -1).indices
-                rows = {"0": {"every_task": _accuracy(base.argmax(-1), truth)}}
+                scored = {"0": {"every_task": _accuracy(base.argmax(-1), truth)}}
                 for alpha in alphas:
                     scores = task_scores(x, means, blends(pooled, covariances, factors, alpha, None))
                     rescored = top3.gather(1, scores.gather(1, top3).argmax(-1, keepdim=True)).squeeze(1)
-                    rows[str(alpha)] = {"every_task": _accuracy(scores.argmax(-1), truth), "top3": _accuracy(rescored, truth)}
+                    scored[str(alpha)] = {"every_task": _accuracy(scores.argmax(-1), truth), "top3": _accuracy(rescored, truth)}
                     for label, rank in ranks:
                         low = task_scores(x, means, blends(pooled, covariances, factors, alpha, rank))
-                        rows[str(alpha)][f"low_rank_{label}"] = _accuracy(low.argmax(-1), truth)
-                run[split] = rows
+                        scored[str(alpha)][f"low_rank_{label}"] = _accuracy(low.argmax(-1), truth)
+                run[split] = scored
             chosen = max(run["validation"], key=lambda a: run["validation"][a]["every_task"])
             run["chosen_on_validation"] = chosen
             out["runs"][name] = run

@@ -90,11 +90,15 @@ class Mahalanobis(RouterMethod):
 
 def shared_covariance(t: dict[str, torch.Tensor]) -> torch.Tensor:
     """The covariance pooled over every task's statistics, shrunk toward a scaled identity (SHRINKAGE)."""
+    return shrunk((t["scatter"] / t["total"].clamp_min(1)).float())
+
+
+def shrunk(covariance: torch.Tensor) -> torch.Tensor:
+    """`covariance` shrunk toward the identity scaled to its mean variance, with weight SHRINKAGE (dtype kept)."""
     import torch
 
-    covariance = (t["scatter"] / t["total"].clamp_min(1)).float()
     scale = covariance.diagonal().mean().clamp_min(1e-6)
-    return (1 - SHRINKAGE) * covariance + SHRINKAGE * scale * torch.eye(len(covariance))
+    return (1 - SHRINKAGE) * covariance + SHRINKAGE * scale * torch.eye(len(covariance), dtype=covariance.dtype)
 
 
 def _shortlisted_logits(t, x):
