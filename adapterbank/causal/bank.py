@@ -62,7 +62,7 @@ class CausalBank(AdapterBank, family="causal"):
         renamed into place, so a failed or interrupted init leaves nothing behind."""
         from ..core.backbone import DEFAULT_UPPER_LAYERS, SplitEncoder
         from ..core.models import fingerprint_model, load_base, load_causal_lm, save_checkpoint
-        from ..routing.methods import DEFAULT_METHOD, DEFAULT_PROMPT_OOD_QUANTILE
+        from ..routing.methods import DEFAULT_PROMPT_METHOD, DEFAULT_PROMPT_OOD_QUANTILE
 
         model_id, model, tokenizer = load_causal_lm(base)
         encoder = load_base(router_encoder or DEFAULT_BASE, "cpu")
@@ -75,7 +75,7 @@ class CausalBank(AdapterBank, family="causal"):
             "base": {"id": model_id, "fingerprint": fingerprint, "architecture": "causal-lm",
                      "model_type": getattr(model.config, "model_type", None), "hidden_size": model.config.hidden_size},
             "backbone": {"upper_layers": DEFAULT_UPPER_LAYERS, "router_layers": router_layers},
-            "router": {"encoder": encoder.model_id, "encoder_fingerprint": encoder.fingerprint, "method": DEFAULT_METHOD,
+            "router": {"encoder": encoder.model_id, "encoder_fingerprint": encoder.fingerprint, "method": DEFAULT_PROMPT_METHOD,
                        "ood_quantile": DEFAULT_PROMPT_OOD_QUANTILE,
                        "feature_dim": len(router_layers) * encoder.model.config.hidden_size},
         }

@@ -22,11 +22,8 @@ from .. import faults
 from ..store.files import write_atomic
 from ..store.registry import INDEX_FILE
 from .methods import DEFAULT_METHOD, DEFAULT_OOD_QUANTILE, METHODS
-from .scope import ScopeParts, nearest_distance
+from .scope import COSINE, HELD_OUT_DISTANCE, ScopeParts, nearest_distance
 from .statistics import PACKED, load_factor, load_statistics
-
-COSINE, HELD_OUT_DISTANCE = 0, 1  # a task's out-of-scope score (`scope_kind`): which table its statistics hold
-
 
 
 @dataclass
@@ -46,7 +43,8 @@ class RouterIndex:
         self.task_names, self.task_ids = task_names, task_ids
         self.t = tensors
         self.t.setdefault("scope_kind", torch.zeros(len(task_names), dtype=torch.long))  # indexes saved before: cosine
-        self.parts = ScopeParts()  # covariance factors for the out-of-scope test, read on first use
+        self.parts = ScopeParts()  # each task's covariance factor (out of scope, second stages), read on first use
+        self.cache: dict = {}  # what router methods compute from the derived matrices; emptied when they change
         self._fresh_weights = False
 
     # -- building -------------------------------------------------------------------------------
@@ -79,6 +77,7 @@ class RouterIndex:
             return
         for key in [k for k in self.t if k.startswith("_")]:  # in-memory copies of what is re-derived now
             del self.t[key]
+        self.cache.clear()
         for method in METHODS.values():
             self.t.update(method.derive(self.t))
         self.t["prototypes"] = torch.nn.functional.normalize(self.t["means"], dim=-1)
@@ -113,10 +112,11 @@ class RouterIndex:
 
     # -- routing --------------------------------------------------------------------------------
     def task_scores(self, features: torch.Tensor, method: str = DEFAULT_METHOD) -> torch.Tensor:
-        """[B, T] log-probabilities over tasks."""
+        """[B, T] log-probabilities over tasks: the method's scores, then its second stage, if it has one."""
         self._weights()
-        per_task = METHODS[method].task_scores(self.t, features.float(), len(self.task_names))
-        return torch.log_softmax(per_task, dim=-1)
+        x = features.float()
+        per_task = METHODS[method].task_scores(self.t, x, len(self.task_names))
+        return METHODS[method].refine(self, x, torch.log_softmax(per_task, dim=-1))
 
     def scope_scores(self, features: torch.Tensor, tasks: torch.Tensor) -> torch.Tensor:
         """Each text's out-of-scope score against its task (`tasks`: index positions), what the test

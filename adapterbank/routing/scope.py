@@ -28,6 +28,7 @@ SCOPE_SHRINKAGE = 0.4  # weight of the scaled identity in a task's own covarianc
 SCOPE_FOLDS = 5
 QUANTILES = 101  # the stored table: quantiles 0, 0.01, ..., 1 of the held-out scores
 PARTS_CACHED = 32  # tasks whose whitener is kept in memory for the out-of-scope test
+COSINE, HELD_OUT_DISTANCE = 0, 1  # a task's out-of-scope score (`scope_kind`): which table its statistics hold
 
 
 def _shrunk(covariance: torch.Tensor) -> torch.Tensor:
@@ -87,7 +88,8 @@ Factor = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # a stored covariance 
 
 
 class ScopeParts:
-    """Each task's `whitener` for the out-of-scope test. The index holds only what routing needs, so a
+    """Each task's `whitener` for the out-of-scope test, and its stored factor for a router's second stage
+    (`factor`). The index holds only what routing needs, so a
     task's factor is read from its file (`source(name)`) when a text is first routed to it; the last
     PARTS_CACHED tasks are kept (3.6 MB each on MiniLM), keyed by task id so a task replaced under the
     same name is read afresh. A factor given with `put` becomes a whitener only when first needed (an
@@ -113,3 +115,18 @@ class ScopeParts:
             self._cache[task_id] = whitener(*self._cache[task_id])
         self._cache.move_to_end(task_id)
         return self._cache[task_id]  # type: ignore[return-value]
+
+    def has_factor(self, task_id: str) -> bool:
+        """Whether `factor` can answer for the task: it is in memory, or there are task files to read it from."""
+        entry = self._cache.get(task_id)
+        return self.source is not None or (entry is not None and len(entry) == 3)
+
+    def factor(self, name: str, task_id: str) -> Factor:
+        """The task's stored (factor, scales, tail): from memory while it is not yet a whitener, else read
+        again (not kept: whoever asks keeps what it derives from it)."""
+        entry = self._cache.get(task_id)
+        if entry is not None and len(entry) == 3:
+            return entry  # type: ignore[return-value]
+        if self.source is None:
+            raise KeyError(f"no covariance factor for task {name!r}")
+        return self.source(name)

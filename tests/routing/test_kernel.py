@@ -44,14 +44,17 @@ def test_in_kernel_space_a_shared_covariance_separates_classes_that_share_a_mean
     queries = torch.tensor([[0.9, 1.1], [-1.0, -0.9], [1.1, -0.9], [-0.9, 1.0]])
     kernel = KernelMap(input_dim=2, features=512, width=0.7)
 
-    def routed(transform):
+    def routed(transform, method="mahalanobis"):
         index = RouterIndex.empty(transform(queries).shape[1])
         index.add("diagonal", "d", class_statistics(transform(diagonal), [0] * len(diagonal), 1))
         index.add("anti", "a", class_statistics(transform(anti), [0] * len(anti), 1))
-        return [r.tasks[0] for r in index.route(transform(queries), ood_quantile=0)]
+        return [r.tasks[0] for r in index.route(transform(queries), ood_quantile=0, method=method)]
 
     assert routed(kernel) == ["diagonal", "diagonal", "anti", "anti"]
     assert routed(lambda x: x) != ["diagonal", "diagonal", "anti", "anti"]
+    # each task's own covariance (the default's second stage) tells them apart even on raw features: the two
+    # tasks share a mean but spread along different diagonals
+    assert routed(lambda x: x, "task-covariance") == ["diagonal", "diagonal", "anti", "anti"]
 
 
 def test_a_new_classifier_bank_keeps_its_router_statistics_in_the_kernel_space(tmp_path, classifier_template):
