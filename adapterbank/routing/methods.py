@@ -41,7 +41,10 @@ EVIDENCE_FLOOR = -80.0
 # task-covariance's second stage (chosen on validation: CLINC150's validation split, a fifth of Banking77's training texts)
 TASK_BLEND = 0.3  # weight of a task's own covariance against the shared one
 BLEND_RANK = 64  # columns of the task's stored factor that enter its blend
-RESCORED = 3  # each text's best tasks re-scored
+RESCORED = 3  # each text's best tasks re-scored ...
+# ... those of them within this many nats of the best: the first stage floors a task's evidence 69 nats below the best
+# class, so candidates beyond are ties it did not rank, and on validation no decision moved from a gap over 54
+RESCORE_WITHIN = 65.0
 BLEND_CACHED = 256  # tasks whose blend is kept in memory (about 0.5 MB each on MiniLM)
 
 
@@ -138,18 +141,20 @@ class TaskCovariance(Mahalanobis):
         k = min(RESCORED, log_probs.shape[1])
         if k < 2:
             return log_probs
-        top = log_probs.topk(k, dim=-1).indices
+        values, top = log_probs.topk(k, dim=-1)
+        within = values > values[:, :1] - RESCORE_WITHIN  # candidates the first stage ranked (the best always)
         usable = torch.zeros(log_probs.shape[1], dtype=torch.bool)
-        for task in top.unique().tolist():
+        for task in top[within].unique().tolist():
             usable[task] = int(t["scope_kind"][task]) == HELD_OUT_DISTANCE and index.parts.has_factor(index.task_ids[task])
-        chosen = usable[top].all(-1)
+        chosen = (within.sum(-1) > 1) & (usable[top] | ~within).all(-1)
         if not chosen.any():
             return log_probs
         rows = chosen.nonzero().squeeze(1)
-        pairs = top[rows]  # [n, k] candidate tasks of the re-scored texts
-        order = pairs.flatten().argsort()
-        tasks, counts = pairs.flatten()[order].unique_consecutive(return_counts=True)
-        centred = (x[rows] - t["centre"]).repeat_interleave(k, 0)[order]  # one row per (text, candidate), by task
+        pairs, valid = top[rows], within[rows]  # [n, k] candidates of the re-scored texts, and which are re-scored
+        text_of = torch.arange(len(rows)).repeat_interleave(k)[valid.flatten()]
+        order = pairs[valid].argsort()
+        tasks, counts = pairs[valid][order].unique_consecutive(return_counts=True)
+        centred = (x[rows] - t["centre"])[text_of[order]]  # one row per (text, candidate), grouped by task
         evidence = x.new_empty(len(order))
         begin = 0
         for task, count in zip(tasks.tolist(), counts.tolist()):
@@ -158,10 +163,12 @@ class TaskCovariance(Mahalanobis):
             quadratic = 0.5 * scored[:, -rank:].pow(2).sum(-1) if rank else 0.0
             evidence[begin:begin + count] = (scored[:, :len(bias)] + bias).logsumexp(-1) + quadratic - 0.5 * log_det
             begin += count
-        adjusted = torch.empty_like(evidence).scatter_(0, order, evidence).view(-1, k)
-        mass = log_probs[rows].gather(1, pairs).logsumexp(-1, keepdim=True)
+        adjusted = values.new_full(pairs.shape, -math.inf)
+        adjusted[valid] = torch.empty_like(evidence).scatter_(0, order, evidence)
+        mass = values[rows].masked_fill(~valid, -math.inf).logsumexp(-1, keepdim=True)
+        rescored = torch.where(valid, mass + torch.log_softmax(adjusted, -1), values[rows])
         out = log_probs.clone()
-        out[rows] = out[rows].scatter(1, pairs, mass + torch.log_softmax(adjusted, -1))
+        out[rows] = out[rows].scatter(1, pairs, rescored)
         return out
 
     @staticmethod

@@ -48,7 +48,8 @@ def _spreads(g):
     return narrow, wide
 
 
-def test_second_stage_equals_the_dense_blended_posterior():
+def test_second_stage_equals_the_dense_blended_posterior(monkeypatch):
+    monkeypatch.setattr(methods, "RESCORE_WITHIN", float("inf"))  # every candidate re-scored, however far behind
     g = torch.Generator().manual_seed(0)
     narrow, wide = _spreads(g)
     tasks = [_task(g, torch.randn(DIM, generator=g) * 0.6, spread) for spread in (narrow, wide, narrow, wide, narrow)]
@@ -84,7 +85,8 @@ def test_a_task_that_spreads_the_texts_way_wins_it_back():
     assert hits("task-covariance") > 0.9 > hits("mahalanobis") + 0.2
 
 
-def test_recomputed_after_a_task_is_added_and_skipped_without_factors():
+def test_recomputed_after_a_task_is_added_and_skipped_without_factors(monkeypatch):
+    monkeypatch.setattr(methods, "RESCORE_WITHIN", float("inf"))
     g = torch.Generator().manual_seed(2)
     narrow, wide = _spreads(g)
     tasks = [_task(g, torch.randn(DIM, generator=g), spread) for spread in (narrow, wide, narrow)]
@@ -101,3 +103,20 @@ def test_recomputed_after_a_task_is_added_and_skipped_without_factors():
     cosine = _index(tasks, scope=False)
     assert torch.equal(cosine.task_scores(x, method="task-covariance"), cosine.task_scores(x, method="mahalanobis"))
     assert PACKED[0] in class_statistics(*tasks[0]) and math.isfinite(float(got.max()))
+
+
+def test_candidates_far_behind_keep_the_first_stage():
+    """A candidate more than RESCORE_WITHIN nats behind the best was floored, not ranked, by the first stage:
+    a text whose other candidates are all that far keeps the first stage's scores; one with a close
+    candidate is re-scored."""
+    g = torch.Generator().manual_seed(3)
+    narrow, wide = _spreads(g)
+    centres = 0.5 * torch.randn(3, DIM, generator=g)
+    tasks = [_task(g, None, narrow, centres=centres), _task(g, None, wide, centres=centres), _task(g, centres[0] + 30.0, narrow)]
+    index = _index(tasks)
+    x = torch.cat([tasks[2][0][:5], tasks[1][0][:5]])  # far from the other tasks; between two overlapping tasks
+    first, second = index.task_scores(x, method="mahalanobis"), index.task_scores(x, method="task-covariance")
+    gaps = first.topk(2, -1).values
+    far = (gaps[:, 0] - gaps[:, 1]) > methods.RESCORE_WITHIN
+    assert far[:5].all() and not far[5:].any()
+    assert torch.equal(second[:5], first[:5]) and not torch.equal(second[5:], first[5:])
