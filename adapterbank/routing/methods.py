@@ -40,7 +40,7 @@ SHORTLIST = 8
 EVIDENCE_FLOOR = -80.0
 # task-covariance's second stage (chosen on validation: CLINC150's validation split, a fifth of Banking77's training texts)
 TASK_BLEND = 0.3  # weight of a task's own covariance against the shared one
-BLEND_RANK = 64  # columns of the task's stored factor that enter its blend
+BLEND_RANK = 48  # columns of the task's stored factor that enter its blend
 RESCORED = 3  # each text's best tasks re-scored ...
 # ... those of them within this many nats of the best: the first stage floors a task's evidence 69 nats below the best
 # class, so candidates beyond are ties it did not rank, and on validation no decision moved from a gap over 54
@@ -143,9 +143,10 @@ class TaskCovariance(Mahalanobis):
             return log_probs
         values, top = log_probs.topk(k, dim=-1)
         within = values > values[:, :1] - RESCORE_WITHIN  # candidates the first stage ranked (the best always)
-        usable = torch.zeros(log_probs.shape[1], dtype=torch.bool)
-        for task in top[within].unique().tolist():
-            usable[task] = int(t["scope_kind"][task]) == HELD_OUT_DISTANCE and index.parts.has_factor(index.task_ids[task])
+        usable = t["scope_kind"] == HELD_OUT_DISTANCE
+        if index.parts.source is None:  # no task files to read from: only the factors still in memory
+            for task in top[within].unique().tolist():
+                usable[task] &= index.parts.has_factor(index.task_ids[task])
         chosen = (within.sum(-1) > 1) & (usable[top] | ~within).all(-1)
         if not chosen.any():
             return log_probs
@@ -155,14 +156,18 @@ class TaskCovariance(Mahalanobis):
         order = pairs[valid].argsort()
         tasks, counts = pairs[valid][order].unique_consecutive(return_counts=True)
         centred = (x[rows] - t["centre"])[text_of[order]]  # one row per (text, candidate), grouped by task
-        evidence = x.new_empty(len(order))
+        # per candidate task, its rows' products go into two buffers; everything else is done once for all
+        parts = [self._rows(index, task) for task in tasks.tolist()]
+        along = x.new_zeros(len(order), BLEND_RANK)  # W_t^T x (a narrower factor leaves zeros)
+        logits = x.new_full((len(order), max(len(bias) for _, bias, _ in parts)), -math.inf)
         begin = 0
-        for task, count in zip(tasks.tolist(), counts.tolist()):
-            weights, bias, rank, log_det = self._rows(index, task)
-            scored = centred[begin:begin + count] @ weights.T
-            quadratic = 0.5 * scored[:, -rank:].pow(2).sum(-1) if rank else 0.0
-            evidence[begin:begin + count] = (scored[:, :len(bias)] + bias).logsumexp(-1) + quadratic - 0.5 * log_det
+        for (weights, bias, _), count in zip(parts, counts.tolist()):
+            scored = centred[begin:begin + count] @ weights
+            logits[begin:begin + count, :len(bias)] = scored[:, :len(bias)] + bias
+            along[begin:begin + count, :weights.shape[1] - len(bias)] = scored[:, len(bias):]
             begin += count
+        log_det = torch.tensor([log_det for *_, log_det in parts]).repeat_interleave(counts)
+        evidence = logits.logsumexp(-1) + 0.5 * along.pow(2).sum(-1) - 0.5 * log_det
         adjusted = values.new_full(pairs.shape, -math.inf)
         adjusted[valid] = torch.empty_like(evidence).scatter_(0, order, evidence)
         mass = values[rows].masked_fill(~valid, -math.inf).logsumexp(-1, keepdim=True)
@@ -173,7 +178,7 @@ class TaskCovariance(Mahalanobis):
 
     @staticmethod
     def _rows(index, task: int):
-        """For task position `task`: ([c + r, D] its classes' rows then W_t^T, [c] their biases, r, log|I + a F^T B^-1 F|)."""
+        """For task position `task`: ([D, c + r] its classes' columns then W_t, [c] their biases, log|I + a F^T B^-1 F|)."""
         import torch
 
         cache = index.cache.setdefault("task_blends", OrderedDict())
@@ -192,7 +197,7 @@ class TaskCovariance(Mahalanobis):
             rows = t["discriminant"][block] / (1 - TASK_BLEND) - projected @ blend
             bias = t["bias"][block] / (1 - TASK_BLEND) + 0.5 * projected.pow(2).sum(-1)
             log_det = f.shape[1] * math.log(TASK_BLEND) + 2 * float(chol.diagonal().log().sum())
-            cache[task_id] = (torch.cat([rows, blend]).contiguous(), bias, f.shape[1], log_det)
+            cache[task_id] = (torch.cat([rows, blend]).T.contiguous(), bias, log_det)
             while len(cache) > BLEND_CACHED:
                 cache.popitem(last=False)
         cache.move_to_end(task_id)
