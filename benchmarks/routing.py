@@ -107,8 +107,9 @@ def cold_open(bank_dir: Path, template: str, n_tasks: int, texts: list[str], per
     """A bank of `n_tasks` synthetic tasks (copies of one real module; router statistics made from the real
     tasks' class means, each moved by a random offset of the size that separates two real classes, so the
     synthetic classes crowd the real ones): seconds from AdapterBank.open to the first routed prediction,
-    the top-k time per 64 real texts (median and mean of 200 calls), and the share of `texts` whose best task is the same with the large
-    bank's shortlist (methods.py) as with every class scored exactly."""
+    the top-k time per 64 real texts (median and mean of 200 calls), the share of `texts` whose best task
+    is the same with the large bank's shortlist (methods.py) as with every class scored exactly, and the
+    top-k median for `mahalanobis` alone (the first stage)."""
     bank = AdapterBank.open(bank_dir, device=DEVICE)
     source = bank.task(template)
     dim = bank.registry.manifest["router"]["feature_dim"]
@@ -138,6 +139,8 @@ def cold_open(bank_dir: Path, template: str, n_tasks: int, texts: list[str], per
     # each call timed apart: the median is the figure (this VM's hiccups move a mean by a millisecond), the mean beside it
     calls = sorted(timed(lambda: index.route(batch, top_k=3, ood_quantile=0))[1] for _ in range(200))
     topk_median, topk_mean = calls[len(calls) // 2], sum(calls) / len(calls)
+    index.route(batch, top_k=3, ood_quantile=0, method="mahalanobis")
+    first_stage = sorted(timed(lambda: index.route(batch, top_k=3, ood_quantile=0, method="mahalanobis"))[1] for _ in range(200))
     shortlisted = index.task_scores(features).argmax(-1)
     exact_from = methods.SHORTLIST_MIN_CLASSES
     methods.SHORTLIST_MIN_CLASSES = 10 ** 9
@@ -147,7 +150,7 @@ def cold_open(bank_dir: Path, template: str, n_tasks: int, texts: list[str], per
         methods.SHORTLIST_MIN_CLASSES = exact_from
     agreement = float((shortlisted == exact).float().mean())
     return (round(seconds, 3), round(topk_median * 1000, 3), round(topk_mean * 1000, 3), len(index.t["means"]),
-            round(agreement, 5))
+            round(agreement, 5), round(first_stage[len(first_stage) // 2] * 1000, 3))
 
 
 def main() -> None:
@@ -223,7 +226,7 @@ def main() -> None:
         joint_train = subset(train, every, "joint", per_label)
         out["joint_accuracy"], out["joint_train_seconds"] = joint_baseline(bank, joint_train, test_set, sorted(every))
         (out["cold_open_first_predict_s"], out["topk_ms_per_64"], out["topk_ms_per_64_mean"], out["cold_open_classes"],
-         out["shortlist_agreement"]) = cold_open(workdir / "bank", "t00", cold_tasks, texts)
+         out["shortlist_agreement"], out["topk_ms_per_64_mahalanobis"]) = cold_open(workdir / "bank", "t00", cold_tasks, texts)
         out["cold_open_tasks"] = cold_tasks + n_tasks
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
