@@ -79,7 +79,7 @@ def register(cls: type[RouterMethod]) -> type[RouterMethod]:
 @register
 class Mahalanobis(RouterMethod):
     name = "mahalanobis"
-    summary = "Gaussian classes with one shared, shrunk covariance (default)"
+    summary = "Gaussian classes with one shared, shrunk covariance (causal banks' default)"
     derived = ("centre", "discriminant", "bias")
 
     def derive(self, t):
@@ -121,12 +121,13 @@ class TaskCovariance(Mahalanobis):
     after each change of the index and kept (BLEND_CACHED tasks). Candidates are re-scored whenever the first
     stage ranked them (RESCORE_WITHIN), however sure it was of its best: it is too sure of itself to gate on
     (CLINC150 validation: 98 % of texts give their best task over 0.99999, and re-scoring only the others
-    kept 0.16 of the 0.73-point gain). A text some of whose candidates have no
-    factor to read (tasks from before, causal banks, online pseudo-tasks, an index loaded apart from its
-    task files) keeps the first stage's scores."""
+    kept 0.16 of the 0.73-point gain). A text some of whose candidates have no factor to read (tasks from
+    before, causal banks, online pseudo-tasks, an index loaded apart from its task files) keeps the first
+    stage's scores."""
 
     name = "task-covariance"
-    summary = "mahalanobis, then the best tasks re-scored with their own covariance blended in (default)"
+    summary = ("mahalanobis, then each text's best tasks re-scored with their own covariance blended in "
+               "(classification banks' default)")
     derived = ("precision",)
 
     def derive(self, t):

@@ -89,12 +89,11 @@ Factor = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # a stored covariance 
 
 class ScopeParts:
     """Each task's `whitener` for the out-of-scope test, and its stored factor for a router's second stage
-    (`factor`). The index holds only what routing needs, so a
-    task's factor is read from its file (`source(name)`) when a text is first routed to it; the last
-    PARTS_CACHED tasks are kept (3.6 MB each on MiniLM), keyed by task id so a task replaced under the
-    same name is read afresh. A factor given with `put` becomes a whitener only when first needed (an
-    index rebuilt from 1,000 task files does not make 1,000 of them): an entry is a factor (3 tensors) until
-    then, a whitener (2) after."""
+    (`factor`). The index holds only what the first stage needs, so a task's factor is read from its file
+    (`source(name)`) when a text is first routed to it; the last PARTS_CACHED tasks are kept (3.6 MB each
+    on MiniLM), keyed by task id so a task replaced under the same name is read afresh. A factor given with
+    `put` becomes a whitener only when first needed (an index rebuilt from 1,000 task files does not make
+    1,000 of them): an entry is a factor (3 tensors) until then, a whitener (2) after."""
 
     def __init__(self, source: Callable[[str], Factor] | None = None):
         self.source = source
