@@ -1,16 +1,19 @@
 """The router's own `task-covariance` method on validation data only: task routing against `mahalanobis`,
 and why its second stage re-scores every text but not every candidate. Prints JSON.
 
-    python benchmarks/task_covariance_router.py [--seed 0]    # ~6 minutes on 2 cores (router features)
+    python benchmarks/task_covariance_router.py [--seed 0] [--per-class 5,10,25]    # ~8 minutes on 2 cores
 
 Same splits as task_covariance.py: CLINC150's validation split (15 x 10 intents), and a fifth carved from
 Banking77's training texts (7 x 11; statistics from the other four fifths). The index is built as a bank
 builds it (class_statistics per task, RouterIndex.add) on the bank's router features. Reported per dataset:
-- accuracy of each method's best task;
+- accuracy of each method's best task, and of task-covariance over a grid of blends x ranks (TASK_BLEND and
+  BLEND_RANK were chosen as the grid's best mean over the two datasets);
 - gating on the first stage's confidence: re-scoring only texts whose best task has probability at most
   `gate` (the share re-scored, the accuracy, how many decisions the full second stage moved above the gate);
 - how far behind (in the first stage's log-probability) the candidates were whose win moved a decision, and
-  the share of second and third candidates within a few margins (RESCORE_WITHIN's evidence).
+  the share of second and third candidates within a few margins (RESCORE_WITHIN's evidence);
+- both methods again with the statistics of at most N training texts per label (`--per-class`, a seeded
+  sample): how the blend fares when a task's own covariance comes from few texts.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -31,11 +35,15 @@ from adapterbank.routing.index import RouterIndex  # noqa: E402
 from adapterbank.routing.statistics import class_statistics  # noqa: E402
 from task_covariance import splits  # noqa: E402
 
+BLENDS, RANKS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7), (32, 48, 64, 96)  # the validation grid of TASK_BLEND x BLEND_RANK
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--per-class", default="5,10,25", help="training texts per label for the few-text rows ('' for none)")
     args = parser.parse_args()
+    caps = [int(n) for n in args.per_class.split(",") if n]
     out: dict = {"seed": args.seed, "task_blend": methods.TASK_BLEND, "blend_rank": methods.BLEND_RANK,
                  "rescored": methods.RESCORED, "rescore_within": methods.RESCORE_WITHIN, "validation": {}}
     with tempfile.TemporaryDirectory() as tmp:
@@ -43,11 +51,7 @@ def main() -> None:
         for name in ("clinc150", "banking77"):
             train_x, train_y, val_x, val_y, _, _, tasks = splits(name, args.seed)
             features = bank.router_features(train_x)
-            index = RouterIndex.empty(features.shape[1])
-            for k, labels in enumerate(tasks):
-                position = {label: i for i, label in enumerate(labels)}
-                rows = [i for i, y in enumerate(train_y) if y in position]
-                index.add(f"t{k}", f"id{k}", class_statistics(features[rows], [position[train_y[i]] for i in rows], len(labels)))
+            index = _index(features, train_y, tasks, range(len(train_y)))
             owner = {label: k for k, labels in enumerate(tasks) for label in labels}
             truth = torch.tensor([owner[y] for y in val_y])
             x = bank.router_features(val_x).float()
@@ -66,9 +70,50 @@ def main() -> None:
             values = first.topk(3, -1).values
             gaps = (values[:, :1] - values[:, 1:]).flatten()
             row["runners_up_within"] = {str(m): round(float((gaps <= m).float().mean()), 4) for m in (20, 40, 65)}
+            row["grid"] = _grid(index, x, truth)
+            row["per_class"] = []
+            for cap in caps:
+                by_label: dict = {}
+                for i, y in enumerate(train_y):
+                    by_label.setdefault(y, []).append(i)
+                rng = random.Random(args.seed)
+                kept = sorted(i for rows in by_label.values() for i in rng.sample(rows, min(cap, len(rows))))
+                small = _index(features, train_y, tasks, kept)
+                row["per_class"].append({"texts_per_label": cap, **{method: _accuracy(small.task_scores(x, method).argmax(-1), truth)
+                                                                   for method in ("mahalanobis", "task-covariance")}})
             out["validation"][name] = row
             print(json.dumps({name: row}), flush=True)
+    grids = [row["grid"] for row in out["validation"].values()]
+    out["grid_mean"] = {key: round(sum(grid[key] for grid in grids) / len(grids), 3) for key in grids[0]}
+    out["grid_best"] = max(out["grid_mean"], key=out["grid_mean"].get)
     print(json.dumps(out, indent=2))
+
+
+def _grid(index: RouterIndex, x: torch.Tensor, truth: torch.Tensor) -> dict:
+    """task-covariance's accuracy at every blend x rank ("blend/rank" keys), the defaults restored after."""
+    kept = methods.TASK_BLEND, methods.BLEND_RANK
+    scores = {}
+    try:
+        for blend in BLENDS:
+            for rank in RANKS:
+                methods.TASK_BLEND, methods.BLEND_RANK = blend, rank
+                index.cache.clear()  # the blends were derived with other constants
+                scores[f"{blend}/{rank}"] = _accuracy(index.task_scores(x, "task-covariance").argmax(-1), truth)
+    finally:
+        methods.TASK_BLEND, methods.BLEND_RANK = kept
+        index.cache.clear()
+    return scores
+
+
+def _index(features: torch.Tensor, train_y: list, tasks: list, kept) -> RouterIndex:
+    """The index a bank builds from the statistics of the training texts at positions `kept`."""
+    index = RouterIndex.empty(features.shape[1])
+    kept = set(kept)
+    for k, labels in enumerate(tasks):
+        position = {label: i for i, label in enumerate(labels)}
+        rows = [i for i, y in enumerate(train_y) if y in position and i in kept]
+        index.add(f"t{k}", f"id{k}", class_statistics(features[rows], [position[train_y[i]] for i in rows], len(labels)))
+    return index
 
 
 def _accuracy(predicted: torch.Tensor, truth: torch.Tensor) -> float:
