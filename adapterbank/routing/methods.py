@@ -44,7 +44,7 @@ TASK_BLEND = 0.6  # weight of a task's own covariance against the shared one
 BLEND_RANK = 48  # columns of the task's stored factor that enter its blend
 RESCORED = 3  # each text's best tasks re-scored ...
 # ... those of them within this many nats of the best: the first stage floors a task's evidence 69 nats below the best
-# class, so candidates beyond are ties it did not rank, and on validation no decision moved from a gap over 54
+# class, so candidates beyond are ties it did not rank; on validation no decision moved from a gap over 61
 RESCORE_WITHIN = 65.0
 BLEND_CACHED = 256  # tasks whose blend is kept in memory (0.4 MB each on MiniLM, 10 classes)
 
@@ -121,7 +121,7 @@ class TaskCovariance(Mahalanobis):
     after each change of the index and kept (BLEND_CACHED tasks). Candidates are re-scored whenever the first
     stage ranked them (RESCORE_WITHIN), however sure it was of its best: it is too sure of itself to gate on
     (CLINC150 validation: 98 % of texts give their best task over 0.99999, and re-scoring only the others
-    kept 0.16 of the 0.73-point gain). A text some of whose candidates have no factor to read (tasks from
+    kept 0.16 of the 0.76-point gain). A text some of whose candidates have no factor to read (tasks from
     before, causal banks, online pseudo-tasks, an index loaded apart from its task files) keeps the first
     stage's scores."""
 
