@@ -1,16 +1,17 @@
-"""Probe for the next router: each task's own covariance blended into the pooled one. Prints JSON.
+"""The probe behind the `task-covariance` router method: each task's own covariance blended into the pooled one.
+Prints JSON. (The method as built is measured on validation by task_covariance_router.py.)
 
     python benchmarks/task_covariance.py [--alphas 0.05,0.1,0.2,0.3] [--seed 0]    # ~5 minutes on 2 cores
 
-The default router scores every class with one covariance pooled over all tasks (routing/methods.py). A task's
+`mahalanobis` scores every class with one covariance pooled over all tasks (routing/methods.py). A task's
 texts need not spread like the pool's, and each task already stores its own within-class covariance (as the int8
 factor of routing/statistics.py). This scores task t's classes with (1 - alpha) * pooled + alpha * C_t (shrunk as
 the router shrinks, with its log-determinant: a regularised QDA over tasks) and reports task-routing accuracy on
 CLINC150 (15 x 10; chosen on its validation split, reported on test) and Banking77 (7 x 11; chosen on a fifth
-carved from the training texts, reported on test), over every task and re-scoring only the default router's
+carved from the training texts, reported on test), over every task and re-scoring only `mahalanobis`'s
 top 3 (what a cheap second stage would do). The statistics are what a bank stores (class_statistics: means and
 the packed covariance), computed on the bank's own router features (the kernel map over frozen MiniLM).
-Not the bank's router: no speed is measured, and alpha = 0 is the default router's decision up to rounding.
+Not the bank's router: no speed is measured, and alpha = 0 is `mahalanobis`'s decision up to rounding.
 
 `--ranks` also scores the form a scalable second stage would need (Woodbury over one shared matrix):
 (1 - alpha) * shrunk pooled + alpha * F_r F_r^T, F_r the first r columns of the task's stored factor (no tail).
