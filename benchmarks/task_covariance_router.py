@@ -1,7 +1,7 @@
 """The router's own `task-covariance` method on validation data only: task routing against `mahalanobis`,
 and why its second stage re-scores every text but not every candidate. Prints JSON.
 
-    python benchmarks/task_covariance_router.py [--seed 0] [--per-class 5,10,25]    # ~8 minutes on 2 cores
+    python benchmarks/task_covariance_router.py [--seed 0] [--per-class 5,10,25]    # 13 minutes on 2 cores shared with another run
 
 Same splits as task_covariance.py: CLINC150's validation split (15 x 10 intents), and a fifth carved from
 Banking77's training texts (7 x 11; statistics from the other four fifths). The index is built as a bank
