@@ -38,13 +38,15 @@ SHORTLIST = 8
 # a class more than this many nats below a text's best adds nothing (exp underflows): flooring it first keeps exp off
 # its slow path for huge negative inputs (64 texts x 10,150 classes: 2.8 -> 0.26 ms) and changes no decision
 EVIDENCE_FLOOR = -80.0
+TASK_EVIDENCE_MIN = 1e-30  # a task's evidence is floored here (log: -69 nats), so tasks further behind tie
 # task-covariance's second stage, chosen on validation (benchmarks/task_covariance.py, task_covariance_router.py: CLINC150's
 # validation split and a fifth of Banking77's training texts; task routing 96.4 -> 97.1 % and 92.5 -> 93.1 %)
 TASK_BLEND = 0.6  # weight of a task's own covariance against the shared one
 BLEND_RANK = 48  # columns of the task's stored factor that enter its blend
 RESCORED = 3  # each text's best tasks re-scored ...
 # ... those of them within this many nats of the best: the first stage floors a task's evidence 69 nats below the best
-# class, so candidates beyond are ties it did not rank; on validation no decision moved from a gap over 61
+# class (TASK_EVIDENCE_MIN), so candidates beyond are ties it did not rank; on validation no decision moved from a gap
+# over 61
 RESCORE_WITHIN = 65.0
 BLEND_CACHED = 256  # tasks whose blend is kept in memory (0.4 MB each on MiniLM, 10 classes)
 
@@ -104,7 +106,7 @@ class Mahalanobis(RouterMethod):
             peak = logits.max(-1, keepdim=True).values
         evidence = logits.new_zeros(x.shape[0], n_tasks)
         evidence.index_add_(1, t["owner"], logits.sub_(peak).clamp_min_(EVIDENCE_FLOOR).exp_())
-        return evidence.clamp_min(1e-30).log()
+        return evidence.clamp_min(TASK_EVIDENCE_MIN).log()
 
 
 @register

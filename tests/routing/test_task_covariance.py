@@ -41,7 +41,7 @@ def _dense(index: RouterIndex, x: torch.Tensor, task: int) -> torch.Tensor:
     return torch.logsumexp(-0.5 * d, -1) - 0.5 * torch.logdet(blended)
 
 
-def _spreads(g):
+def _spreads():
     narrow = torch.full((DIM,), 0.3)
     wide = narrow.clone()
     wide[: DIM // 2] = 1.5  # this task's texts spread along the first half of the dimensions
@@ -51,7 +51,7 @@ def _spreads(g):
 def test_second_stage_equals_the_dense_blended_posterior(monkeypatch):
     monkeypatch.setattr(methods, "RESCORE_WITHIN", float("inf"))  # every candidate re-scored, however far behind
     g = torch.Generator().manual_seed(0)
-    narrow, wide = _spreads(g)
+    narrow, wide = _spreads()
     tasks = [_task(g, torch.randn(DIM, generator=g) * 0.6, spread) for spread in (narrow, wide, narrow, wide, narrow)]
     index = _index(tasks)
     x = torch.cat([tasks[i][0][:8] for i in range(5)])
@@ -73,7 +73,7 @@ def test_a_task_that_spreads_the_texts_way_wins_it_back():
     """Two tasks with the same class centres: one's texts spread widely along half the dimensions. A text
     far out along them is the wide task's; the shared covariance alone cannot tell, the blend can."""
     g = torch.Generator().manual_seed(1)
-    narrow, wide = _spreads(g)
+    narrow, wide = _spreads()
     centres = 0.5 * torch.randn(3, DIM, generator=g)
     tasks = [_task(g, None, narrow, centres=centres), _task(g, None, wide, centres=centres), _task(g, centres[0] + 3.0, narrow)]
     index = _index(tasks)
@@ -88,7 +88,7 @@ def test_a_task_that_spreads_the_texts_way_wins_it_back():
 def test_recomputed_after_a_task_is_added_and_skipped_without_factors(monkeypatch):
     monkeypatch.setattr(methods, "RESCORE_WITHIN", float("inf"))
     g = torch.Generator().manual_seed(2)
-    narrow, wide = _spreads(g)
+    narrow, wide = _spreads()
     tasks = [_task(g, torch.randn(DIM, generator=g), spread) for spread in (narrow, wide, narrow)]
     index = _index(tasks[:2])
     x = tasks[0][0][:5]
@@ -110,7 +110,7 @@ def test_candidates_far_behind_keep_the_first_stage():
     a text whose other candidates are all that far keeps the first stage's scores; one with a close
     candidate is re-scored."""
     g = torch.Generator().manual_seed(3)
-    narrow, wide = _spreads(g)
+    narrow, wide = _spreads()
     centres = 0.5 * torch.randn(3, DIM, generator=g)
     tasks = [_task(g, None, narrow, centres=centres), _task(g, None, wide, centres=centres), _task(g, centres[0] + 30.0, narrow)]
     index = _index(tasks)
