@@ -22,7 +22,7 @@ from adapterbank.data import load_texts
 from adapterbank.evaluation.online_protocol import DEFAULT_POINTS, ONLINE_BASELINES
 from adapterbank.evaluation.protocols import PROTOCOLS
 from adapterbank.kinds import DEFAULT_KIND, KINDS
-from adapterbank.routing.methods import DEFAULT_OOD_QUANTILE, DEFAULT_PROMPT_OOD_QUANTILE, METHODS
+from adapterbank.routing.methods import DEFAULT_LABEL_WEIGHT, DEFAULT_OOD_QUANTILE, DEFAULT_PROMPT_OOD_QUANTILE, METHODS
 
 from . import output
 from .common import (TRAINING_SETTINGS, BankArg, Composition, DeviceOpt, Kind, KindOpt, MergeMethod, Objective,
@@ -122,6 +122,7 @@ def predict(
     top_k: int = typer.Option(DEFAULT_TOP_K, "--top-k", help="Modules mixed by --composition output/weights."),
     method: Optional[RouterMethod] = typer.Option(None, "--method", help=f"Router method: {listing(METHODS)}.", show_default="bank.json's"),
     ood_quantile: Optional[float] = typer.Option(None, "--ood-quantile", help="Out-of-scope threshold: about this share of a task's in-scope texts are refused (a text farther from its task's classes than that quantile of the task's own held-out texts gets no label); 0 turns it off.", show_default=f"bank.json's ({DEFAULT_OOD_QUANTILE})"),
+    label_weight: Optional[float] = typer.Option(None, "--label-weight", help="The module's label probabilities are multiplied by the router's posterior over the task's labels to this power; 0: the module alone.", show_default=f"bank.json's ({DEFAULT_LABEL_WEIGHT}; banks made before it: 0)"),
     task: Optional[str] = typer.Option(None, "--task", help="Skip routing: use this task's module."),
     top_labels: int = typer.Option(0, "--top-labels", help="Also print each text's best N labels with their probabilities (--json: a 'labels' list; tab-separated: a 'labels' column)."),
     batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, "--batch-size", help="Texts per forward pass."),
@@ -140,7 +141,7 @@ def predict(
     predictions = open_bank(bank, device).predict(texts, top_k=top_k, composition=composition.value,
                                               method=method.value if method else None, ood_quantile=ood_quantile,
                                               task=task, progress=input_path is not None and not quiet,
-                                              batch_size=batch_size, top_labels=top_labels)
+                                              batch_size=batch_size, top_labels=top_labels, label_weight=label_weight)
     if not as_json:
         typer.echo("\t".join(["label", "task", "score", "text"] + (["labels"] if top_labels else [])))
     for item, prediction in zip(texts, predictions):

@@ -315,7 +315,7 @@ def test_an_exported_task_answers_like_the_bank_merged_and_as_peft(cbank, tmp_pa
     for task, peft in (("alpha", False), ("alpha", True), ("beta", True)):
         out = bank.export(tmp_path / f"{task}-{peft}", task=task, peft=peft)
         assert (out / "head.safetensors").is_file() and json.loads((out / "labels.json").read_text())["labels"]
-        expected = [p.label for p in bank.predict(texts, task=task)]
+        expected = [p.label for p in bank.predict(texts, task=task, label_weight=0)]  # an export is the module alone
         assert [label for label, _ in load_classifier(out).predict(texts)] == expected, (task, peft)
 
 

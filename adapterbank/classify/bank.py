@@ -72,7 +72,7 @@ class ClassifierBank(AdapterBank, family="classifier"):
         from ..core.backbone import DEFAULT_UPPER_LAYERS, SplitEncoder
         from ..core.models import load_base, resolve_device
         from ..routing.kernel import KernelMap
-        from ..routing.methods import DEFAULT_METHOD, DEFAULT_OOD_QUANTILE
+        from ..routing.methods import DEFAULT_LABEL_WEIGHT, DEFAULT_METHOD, DEFAULT_OOD_QUANTILE
 
         if router_encoder is not None:
             raise AdapterBankError("router_encoder applies to causal-LM banks; a classification bank routes with "
@@ -89,7 +89,7 @@ class ClassifierBank(AdapterBank, family="classifier"):
                      "model_type": getattr(loaded.model.config, "model_type", None),
                      "hidden_size": loaded.model.config.hidden_size},
             "backbone": {"upper_layers": DEFAULT_UPPER_LAYERS, "router_layers": router_layers},
-            "router": {"method": DEFAULT_METHOD, "ood_quantile": DEFAULT_OOD_QUANTILE,
+            "router": {"method": DEFAULT_METHOD, "ood_quantile": DEFAULT_OOD_QUANTILE, "label_weight": DEFAULT_LABEL_WEIGHT,
                        "feature_dim": kernel.features, "kernel": kernel.to_manifest()},
         }
         bank = cls(Registry.create(path, manifest), device=device)
@@ -212,7 +212,8 @@ class ClassifierBank(AdapterBank, family="classifier"):
     # -- inference ------------------------------------------------------------------------------
     def predict(self, texts: Sequence[str], top_k: int = DEFAULT_TOP_K, composition: str = "top1",
                 method: str | None = None, ood_quantile: float | None = None, task: str | None = None,
-                batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = False, top_labels: int = 0) -> list[Prediction]:
+                batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = False, top_labels: int = 0,
+                label_weight: float | None = None) -> list[Prediction]:
         """Label each text over every label of every task, without being told the task.
 
         Args:
@@ -229,13 +230,16 @@ class ClassifierBank(AdapterBank, family="classifier"):
             progress: show a progress bar over the batches.
             top_labels: also return the best `top_labels` labels of each text with their probabilities
                 (Prediction.labels), for a full distribution over the labels the modules that ran know.
+            label_weight: a module's label probabilities are multiplied by the router's posterior over its
+                task's labels to this power (inference.router_prior); 0: the module alone; default from
+                bank.json (banks made before it: 0).
         """
         from tqdm.auto import tqdm
 
         from ..core.encoding import collate, length_batches, pad_id_of, tokenize
         from ..routing.index import Route
         from ..settings import MAX_BATCH, check_number
-        from .inference import run_modules
+        from .inference import router_prior, run_modules
 
         texts = as_texts(texts)
         if composition not in COMPOSITIONS:
@@ -244,6 +248,8 @@ class ClassifierBank(AdapterBank, family="classifier"):
         check_number("batch_size", batch_size, minimum=1, maximum=MAX_BATCH, integer=True)
         check_number("top_labels", top_labels, minimum=0, maximum=MAX_LABELS_PER_TASK * 100, integer=True)
         method, quantile = self._router_settings(method, ood_quantile)
+        label_weight = self.registry.manifest["router"].get("label_weight", 0.0) if label_weight is None else label_weight
+        check_number("label_weight", label_weight, minimum=0)
         records = self._records()
         records, index = self._with_pending(records, self._sync(records) if records else None)
         if not records:
@@ -265,7 +271,8 @@ class ClassifierBank(AdapterBank, family="classifier"):
                 routes = index.route(lower.router_features.cpu(), top_k=max(k, SHOWN_CANDIDATES), method=method,
                                      ood_quantile=quantile)
             mixtures = run_modules(model, records, [Route(r.tasks[:k], r.probabilities[:k], r.in_scope) for r in routes],
-                                   lower, input_ids, mask, composition, check=lambda n: self._check_task(n, records[n]))
+                                   lower, input_ids, mask, composition, check=lambda n: self._check_task(n, records[n]),
+                                   label_prior=router_prior(index, lower.router_features.cpu(), method, label_weight))
             for row, (route, mixture) in enumerate(zip(routes, mixtures)):
                 results[batch[row]] = _answer(route, mixture, composition, top_labels)
         return results  # type: ignore[return-value]

@@ -157,13 +157,31 @@ class RoutedModel:
         return self.prefix_features([module] * len(input_ids), input_ids, mask)
 
 
+def router_prior(index, features: torch.Tensor, method: str, weight: float) -> Callable | None:
+    """`run_modules`' label_prior: the router's log-posterior over a task's labels (RouterIndex.label_scores)
+    times `weight`, for rows of `features` ([B, D], the batch's router features); None when `weight` is 0.
+
+    A module sees its task's texts through one fine-tuned top layer; the router scores the same classes from
+    the frozen lower layers' statistics. They err on different texts: their product labels CLINC150's and
+    Banking77's validation texts better than either alone (benchmarks/label_fusion.py)."""
+    if not weight:
+        return None
+
+    def prior(task: str, rows: list[int]) -> torch.Tensor | None:
+        scores = index.label_scores(features[rows], task, method)
+        return None if scores is None else weight * scores
+
+    return prior
+
+
 def run_modules(model: RoutedModel, records: dict, routes, lower: LowerPass, input_ids, mask, composition: str,
-                check: Callable[[str], None] | None = None) -> list[dict]:
+                check: Callable[[str], None] | None = None, label_prior: Callable | None = None) -> list[dict]:
     """For each row, {(label, task): probability} mixed over the row's candidate tasks.
 
     All (row, task) pairs of the batch go through one upper pass for `upper` kinds (each row through its
     own module) and one full pass for `prefix` kinds; `weights` composition mixes `upper` modules'
-    updates inside a single pass (`prefix` modules are mixed by output instead)."""
+    updates inside a single pass (`prefix` modules are mixed by output instead). `label_prior(task, rows)`,
+    [len(rows), labels] log-weights or None, is added to the module's log-probabilities (router_prior)."""
     mixtures: list[dict] = [{} for _ in routes]
     upper_pairs, prefix_pairs = [], []  # (row, task, weight)
     for row, route in enumerate(routes):
@@ -204,7 +222,11 @@ def run_modules(model: RoutedModel, records: dict, routes, lower: LowerPass, inp
         by_task.setdefault(name, []).append(i)
     for name, items in by_task.items():
         with torch.no_grad():
-            probabilities = torch.softmax(modules[name].head.read(torch.stack([features[i][3] for i in items])), -1).cpu()
+            logits = modules[name].head.read(torch.stack([features[i][3] for i in items]))
+            prior = label_prior(name, [features[i][0] for i in items]) if label_prior is not None else None
+            if prior is not None:
+                logits = torch.log_softmax(logits, -1) + prior.to(logits)
+            probabilities = torch.softmax(logits, -1).cpu()
         labels = records[name].labels
         for i, p in zip(items, probabilities):
             row, _, weight, _ = features[i]

@@ -118,6 +118,15 @@ class RouterIndex:
         per_task = METHODS[method].task_scores(self.t, x, len(self.task_names))
         return METHODS[method].refine(self, x, torch.log_softmax(per_task, dim=-1))
 
+    def label_scores(self, features: torch.Tensor, task: str, method: str = DEFAULT_METHOD) -> torch.Tensor | None:
+        """[B, c] log-probabilities over task `task`'s labels (its label order) from its class statistics,
+        as `method` scores them; None if the method scores no classes or the index lacks the task."""
+        if task not in self.task_names:
+            return None
+        self._weights()
+        scores = METHODS[method].class_scores(self, features.float(), self.task_names.index(task))
+        return None if scores is None else torch.log_softmax(scores, dim=-1)
+
     def scope_scores(self, features: torch.Tensor, tasks: torch.Tensor) -> torch.Tensor:
         """Each text's out-of-scope score against its task (`tasks`: index positions), what the test
         compares with the task's quantile table (higher is more in scope): minus the held-out distance

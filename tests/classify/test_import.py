@@ -70,7 +70,7 @@ def test_import_a_plain_peft_sequence_classifier(classifier_template, tiny_base,
     assert code == 0 and "imported delta: lora" in out and "2 labels, accuracy on the examples 1.000" in out, invoke.stderr
     assert verify_bank(bank_dir).ok
     bank = AdapterBank.open(bank_dir, device=DEVICE)
-    forced = bank.predict(test, task="delta", top_labels=2)
+    forced = bank.predict(test, task="delta", top_labels=2, label_weight=0)  # the module alone
     for prediction, probabilities in zip(forced, expected.tolist()):  # the bank answers as the PEFT model did
         assert {label: p for label, _, p in prediction.labels} == pytest.approx(dict(zip(labels, probabilities)), abs=1e-4)
     routed = bank.predict(test, ood_quantile=0)
@@ -85,13 +85,13 @@ def test_a_module_exported_by_a_bank_imports_back(classifier_template, tmp_path)
     source = copy_bank(classifier_template, tmp_path / "source")
     target = copy_bank(classifier_template, tmp_path / "target")
     texts = [row["text"] for row in synthetic_rows("alpha", per_label=6, seed=2)]
-    expected = AdapterBank.open(source, device=DEVICE).predict(texts, task="alpha", top_labels=2)
+    expected = AdapterBank.open(source, device=DEVICE).predict(texts, task="alpha", top_labels=2, label_weight=0)
     assert invoke("export", source, "--task", "alpha", "--peft", "--out", tmp_path / "alpha")[0] == 0, invoke.stderr
     assert json.loads((tmp_path / "alpha" / "labels.json").read_text())["labels"] == TASK_LABELS["alpha"]
     examples = write_jsonl(tmp_path / "alpha.jsonl", synthetic_rows("alpha", per_label=8, seed=3))
     assert invoke("remove", target, "alpha")[0] == 0, invoke.stderr
     code, out = invoke("import", target, "alpha", "--adapter", tmp_path / "alpha", "--examples", examples, "--device", DEVICE)
     assert code == 0 and "2 labels" in out, invoke.stderr
-    answers = AdapterBank.open(target, device=DEVICE).predict(texts, task="alpha", top_labels=2)
+    answers = AdapterBank.open(target, device=DEVICE).predict(texts, task="alpha", top_labels=2, label_weight=0)
     for got, want in zip(answers, expected):
         assert got.label == want.label and [p for *_, p in got.labels] == pytest.approx([p for *_, p in want.labels], abs=1e-5)
