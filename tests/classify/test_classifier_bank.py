@@ -231,9 +231,39 @@ def test_forced_task_and_option_errors(bank, task_files):
     assert {p.task for p in bank.predict(texts, task="alpha")} == {"alpha"}
     with pytest.raises(TaskNotFoundError):
         bank.predict(texts, task="nope")
-    for bad in ({"composition": "blend"}, {"method": "magic"}, {"top_k": 0}, {"ood_quantile": 1.5}):
+    for bad in ({"composition": "blend"}, {"method": "magic"}, {"top_k": 0}, {"ood_quantile": 1.5}, {"label_weight": -0.5}):
         with pytest.raises(AdapterBankError):
             bank.predict(texts, **bad)
+
+
+def test_the_answer_is_the_module_times_the_router_label_posterior(bank, task_files):
+    """label_weight w: a task's label probabilities are the module's times the router's posterior over the task's
+    labels to the power w, renormalised; bank.json holds the default; 0 is the module alone."""
+    from adapterbank.routing.methods import DEFAULT_LABEL_WEIGHT
+
+    bank.add_task("alpha", task_files["alpha"][0], **FAST)
+    info = bank.add_task("beta", task_files["beta"][0], **FAST)
+    assert bank.registry.manifest["router"]["label_weight"] == DEFAULT_LABEL_WEIGHT > 0
+    texts = load_dataset(task_files["beta"][1]).texts[:6]
+    n = len(info.labels)
+
+    def distribution(predictions):
+        return torch.tensor([[dict((label, p) for label, _, p in q.labels)[label] for label in info.labels] for q in predictions])
+
+    alone = distribution(bank.predict(texts, task="beta", top_labels=n, label_weight=0))
+    router = bank._index(bank._records()).label_scores(bank.router_features(texts), "beta",
+                                                       bank.registry.manifest["router"]["method"]).exp()
+    moved = False
+    for weight in (DEFAULT_LABEL_WEIGHT, 1.0):
+        expected = alone * router.pow(weight)
+        expected /= expected.sum(-1, keepdim=True)
+        fused = distribution(bank.predict(texts, task="beta", top_labels=n, label_weight=weight))
+        assert torch.allclose(fused, expected, atol=1e-3), weight
+        moved |= not torch.allclose(fused, alone, atol=1e-3)
+    assert moved  # the router's posterior changes the answer
+    default = bank.predict(texts, top_labels=n)
+    assert [(p.label, p.labels) for p in default] == [(p.label, p.labels) for p in bank.predict(texts, top_labels=n,
+                                                                                                 label_weight=DEFAULT_LABEL_WEIGHT)]
 
 
 def test_router_index_is_saved_and_small_module_cache_still_answers(bank, task_files):

@@ -133,6 +133,11 @@ def test_predict_defaults_are_the_librarys(cli_bank, task_files):
     from_cli = [json.loads(line) for line in out.strip().splitlines()]
     from_python = ClassifierBank.open(cli_bank, device="cpu").predict(texts, composition="output")
     assert [(r["label"], r["score"]) for r in from_cli] == [(p.label, p.score) for p in from_python]
+    code, out = invoke("predict", cli_bank, *[a for t in texts for a in ("--text", t)], "--label-weight", "0", "--json")
+    alone = ClassifierBank.open(cli_bank, device="cpu").predict(texts, label_weight=0)
+    assert code == 0 and [json.loads(line)["score"] for line in out.strip().splitlines()] == [p.score for p in alone]
+    code, _ = invoke("predict", cli_bank, "--text", texts[0], "--label-weight", "-1")
+    assert code != 0 and "label_weight" in invoke.stderr
 
 
 def test_causal_commands_versions_and_rollback(tmp_path, tiny_llama, tiny_base, cli_bank, task_files):

@@ -120,3 +120,29 @@ def test_candidates_far_behind_keep_the_first_stage():
     far = (gaps[:, 0] - gaps[:, 1]) > methods.RESCORE_WITHIN
     assert far[:5].all() and not far[5:].any()
     assert torch.equal(second[:5], first[:5]) and not torch.equal(second[5:], first[5:])
+
+
+def test_label_scores_are_the_class_posterior_within_the_task():
+    """RouterIndex.label_scores: the task's classes only, in its label order. task-covariance gives the posterior of
+    the blended covariance (the dense fp64 one: the determinant is the task's, so it cancels among its classes);
+    mahalanobis the shared covariance's; a cosine-table task falls back to it; prototype scores no classes."""
+    g = torch.Generator().manual_seed(4)
+    narrow, wide = _spreads()
+    tasks = [_task(g, torch.randn(DIM, generator=g), spread) for spread in (narrow, wide, narrow)]
+    index = _index(tasks)
+    x = torch.cat([tasks[1][0][:6], tasks[0][0][:6]])
+    t = index.t
+    block = (t["owner"] == 1).nonzero().squeeze(1)
+    means, shared = t["means"][block].double(), methods.shared_covariance(t).double()
+    a, r = methods.TASK_BLEND, methods.BLEND_RANK
+    factor, scales, _ = index.parts.factor("t1", "id1")
+    f = factor[:, :r].double() * scales[:r].double()
+    for method, covariance in (("task-covariance", (1 - a) * shared + a * f @ f.T), ("mahalanobis", shared)):
+        diff = x.double().unsqueeze(1) - means.unsqueeze(0)
+        d = torch.einsum("bcd,de,bce->bc", diff, torch.linalg.inv(covariance), diff)
+        got = index.label_scores(x, "t1", method)
+        assert got.shape == (12, 3) and torch.allclose(got.double(), torch.log_softmax(-0.5 * d, -1), atol=2e-3), method
+    assert not torch.allclose(index.label_scores(x, "t1", "task-covariance"), index.label_scores(x, "t1", "mahalanobis"), atol=1e-2)
+    cosine = _index(tasks, scope=False)
+    assert torch.equal(cosine.label_scores(x, "t1", "task-covariance"), cosine.label_scores(x, "t1", "mahalanobis"))
+    assert index.label_scores(x, "t1", "prototype") is None and index.label_scores(x, "nope", "mahalanobis") is None
