@@ -193,15 +193,20 @@ def main() -> None:
         texts, gold = test_set.texts, test_set.targets
         bank.predict(texts[:64])  # warm-up: modules loaded, threads spun up
         methods = []
-        for method, composition, k in (("prototype", "top1", 1), ("mahalanobis", "top1", 1), ("task-covariance", "top1", 1),
-                                       ("task-covariance", "output", 3), ("task-covariance", "weights", 3)):
-            predictions, seconds = timed(lambda: bank.predict(texts, method=method, composition=composition, top_k=k, ood_quantile=0))
-            methods.append({"method": method, "composition": composition, "top_k": k, **score(predictions, gold, task_of),
-                            "texts_per_s": round(len(texts) / seconds, 1)})
+        router = bank.registry.manifest["router"]
+        fused = router["label_weight"]  # the module's label probabilities times the router's label posterior (0: alone)
+        for method, composition, k, weight in (
+                ("prototype", "top1", 1, 0.0), ("mahalanobis", "top1", 1, 0.0), ("mahalanobis", "top1", 1, fused),
+                ("task-covariance", "top1", 1, 0.0), ("task-covariance", "top1", 1, fused),
+                ("task-covariance", "output", 3, fused), ("task-covariance", "weights", 3, fused)):
+            predictions, seconds = timed(lambda: bank.predict(texts, method=method, composition=composition, top_k=k,
+                                                              ood_quantile=0, label_weight=weight))
+            methods.append({"method": method, "composition": composition, "top_k": k, "label_weight": weight,
+                            **score(predictions, gold, task_of), "texts_per_s": round(len(texts) / seconds, 1)})
         _, base_seconds = timed(lambda: base_forward(bank, texts))
         out["base_forward_texts_per_s"] = round(len(texts) / base_seconds, 1)
-        default = next(row for row in methods if row["method"] == bank.registry.manifest["router"]["method"]
-                       and row["composition"] == "top1")
+        default = next(row for row in methods if row["method"] == router["method"] and row["composition"] == "top1"
+                       and row["label_weight"] == fused)
         out["methods"] = methods
         out["routed_accuracy"], out["routing_accuracy"] = default["accuracy"], default["routing_accuracy"]
         out["throughput_ratio"] = round(default["texts_per_s"] / out["base_forward_texts_per_s"], 3)
