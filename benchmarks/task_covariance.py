@@ -55,6 +55,15 @@ def splits(name: str, seed: int):
         pick(sorted(held), train.targets), *_pair(test), [labels[i * 11:(i + 1) * 11] for i in range(7)]
 
 
+def capped(train_y: list, cap: int, seed: int) -> list[int]:
+    """Rows of at most `cap` training texts per label, a seeded sample: the few-text rows of the validation benchmarks."""
+    by_label: dict = {}
+    for i, y in enumerate(train_y):
+        by_label.setdefault(y, []).append(i)
+    rng = random.Random(seed)
+    return sorted(i for rows in by_label.values() for i in rng.sample(rows, min(cap, len(rows))))
+
+
 def _pair(data):
     return data.texts, data.targets
 

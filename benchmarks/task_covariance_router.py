@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -33,7 +32,7 @@ from adapterbank import AdapterBank  # noqa: E402
 from adapterbank.routing import methods  # noqa: E402
 from adapterbank.routing.index import RouterIndex  # noqa: E402
 from adapterbank.routing.statistics import class_statistics  # noqa: E402
-from task_covariance import splits  # noqa: E402
+from task_covariance import capped, splits  # noqa: E402
 
 BLENDS, RANKS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7), (32, 48, 64, 96)  # the validation grid of TASK_BLEND x BLEND_RANK
 
@@ -73,11 +72,7 @@ def main() -> None:
             row["grid"] = _grid(index, x, truth)
             row["per_class"] = []
             for cap in caps:
-                by_label: dict = {}
-                for i, y in enumerate(train_y):
-                    by_label.setdefault(y, []).append(i)
-                rng = random.Random(args.seed)
-                kept = sorted(i for rows in by_label.values() for i in rng.sample(rows, min(cap, len(rows))))
+                kept = capped(train_y, cap, args.seed)
                 small = _index(features, train_y, tasks, kept)
                 row["per_class"].append({"texts_per_label": cap, **{method: _accuracy(small.task_scores(x, method).argmax(-1), truth)
                                                                    for method in ("mahalanobis", "task-covariance")}})
