@@ -4,7 +4,7 @@ every registered baseline. Writes results.json, report.md and accuracy_matrix.pn
 dataset under --out and prints a JSON summary.
 
     python benchmarks/continual_eval.py [--datasets clinc150,banking77] [--out benchmarks/results] [--seed 0]
-        [--max-train-per-class N] [--device cpu]
+        [--max-train-per-class N] [--device cpu] [--baselines joint,ncm]
     python benchmarks/continual_eval.py --datasets sentence_suite          # the domain-incremental sequence
     python benchmarks/continual_eval.py --add-baselines replay,ewc     # only those, merged into the results
 
@@ -40,6 +40,8 @@ def main() -> None:
     parser.add_argument("--max-train-per-class", type=int, default=None)
     parser.add_argument("--progress", action="store_true", help="show progress bars (stderr)")
     parser.add_argument("--device", default="cpu", help="cpu (the README's figures), cuda, auto")
+    parser.add_argument("--baselines", default=None,
+                        help="comma-separated baselines to run beside the bank (default: every registered one)")
     parser.add_argument("--add-baselines", default=None,
                         help="comma-separated baselines to run alone and add to the existing results in --out "
                              "(e.g. replay,ewc after they were registered), without re-running the bank")
@@ -62,8 +64,9 @@ def main() -> None:
         workdir = Path(tempfile.mkdtemp(prefix=f"adapterbank-eval-{name}-"))
         try:
             scenario = "domain" if name in DOMAIN_SEQUENCES else "class"
+            chosen = [b.strip() for b in args.baselines.split(",") if b.strip()] if args.baselines else None
             results = evaluation.run(tasks, args.out / name, scenario, seed=args.seed, device=args.device,
-                                     progress=args.progress, bank_dir=workdir / "bank")
+                                     baselines=chosen, progress=args.progress, bank_dir=workdir / "bank")
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         report.write(results, args.out / name)
