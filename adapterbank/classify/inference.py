@@ -163,7 +163,7 @@ def router_prior(index, features: torch.Tensor, method: str, weight: float) -> C
 
     A module sees its task's texts through one fine-tuned top layer; the router scores the same classes from
     the frozen lower layers' statistics. They err on different texts: their product labels CLINC150's and
-    Banking77's validation texts better than either alone (benchmarks/label_fusion.py)."""
+    Banking77's validation texts better than the module alone (benchmarks/label_fusion.py)."""
     if not weight:
         return None
 
