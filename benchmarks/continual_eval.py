@@ -49,7 +49,8 @@ def main() -> None:
     if args.add_baselines:
         return add_baselines(args)
     summary = {}
-    for name in [d.strip() for d in args.datasets.split(",") if d.strip()]:
+    baselines = _listed(args.baselines) if args.baselines else None  # None: every registered one
+    for name in _listed(args.datasets):
         if name not in TASK_COUNTS and name not in DOMAIN_SEQUENCES:
             parser.error(f"unknown dataset {name!r}; choose from: {', '.join([*TASK_COUNTS, *DOMAIN_SEQUENCES])}")
         started = time.perf_counter()
@@ -64,9 +65,8 @@ def main() -> None:
         workdir = Path(tempfile.mkdtemp(prefix=f"adapterbank-eval-{name}-"))
         try:
             scenario = "domain" if name in DOMAIN_SEQUENCES else "class"
-            chosen = [b.strip() for b in args.baselines.split(",") if b.strip()] if args.baselines else None
             results = evaluation.run(tasks, args.out / name, scenario, seed=args.seed, device=args.device,
-                                     baselines=chosen, progress=args.progress, bank_dir=workdir / "bank")
+                                     baselines=baselines, progress=args.progress, bank_dir=workdir / "bank")
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         report.write(results, args.out / name)
@@ -79,6 +79,11 @@ def main() -> None:
         summary[name]["run_s"] = round(time.perf_counter() - started, 1)
         summary[name]["report"] = str(args.out / name / report.REPORT_FILE)
     print(json.dumps(summary, indent=2))
+
+
+def _listed(text: str) -> list[str]:
+    """The names in a comma-separated option, blanks dropped."""
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def without_blank_texts(root: Path, folders: list[str]) -> tuple[Path, int]:
@@ -103,9 +108,9 @@ def add_baselines(args) -> None:
     from adapterbank.evaluation import baselines as baseline_lib
     from adapterbank.evaluation.baseline_models import Setting
 
-    names = [b.strip() for b in args.add_baselines.split(",") if b.strip()]
+    names = _listed(args.add_baselines)
     summary = {}
-    for name in [d.strip() for d in args.datasets.split(",") if d.strip()]:
+    for name in _listed(args.datasets):
         path = args.out / name / "results.json"
         results = json.loads(path.read_text(encoding="utf-8"))
         tasks = load_scenario(args.data_root / name, "class", n_tasks=TASK_COUNTS[name], seed=args.seed,
