@@ -45,6 +45,7 @@ PROTOTYPE_TEMPERATURE = 0.05
 # 227 classes, 1.9 -> 0.58 at 1,027, with the same decisions; below ~25 tasks the fp32 product costs next to nothing
 SHORTLIST_MIN_CLASSES = 256
 SHORTLIST = 8
+INT8_CPU_CAPABILITIES = ("AVX2", "AVX512")  # torch.backends.cpu.get_cpu_capability() values with fbgemm's int8 kernels
 # a class more than this many nats below a text's best adds nothing (exp underflows): flooring it first keeps exp off
 # its slow path for huge negative inputs (64 texts x 10,150 classes: 2.8 -> 0.26 ms) and changes no decision
 EVIDENCE_FLOOR = -80.0
@@ -298,8 +299,10 @@ def _int8_is_fast(device) -> bool:
 @lru_cache(maxsize=None)
 def _int8_is_fast_on(device_type: str) -> bool:
     """Asked once per device type, not on every routed batch. A GPU scores every class in fp32 faster than
-    it would shortlist; a CPU shortlists where oneDNN has bf16 units, which come with int8 (VNNI) ones, and
-    PyTorch's x86 quantised engine is there (the shortlist's first pass)."""
+    it would shortlist; a CPU shortlists where PyTorch's x86 quantised engine (fbgemm) has vector kernels:
+    AVX2 or AVX512 (without AVX2 fbgemm has no fast path). Route for 64 texts among ~10,000 classes: 20 ms in
+    fp32 -> 1.8 ms where AVX512-VNNI is; on a 2-core AVX2-only EPYC 86 -> 45 ms (benchmarks/routing.py), and
+    28 -> 18 ms at 4,027 classes with the same decisions (benchmarks/shortlist_recall.py)."""
     import torch
 
     if device_type != "cpu" or "x86" not in torch.backends.quantized.supported_engines:
@@ -307,7 +310,7 @@ def _int8_is_fast_on(device_type: str) -> bool:
     if not hasattr(torch.ops.quantized, "linear_dynamic") or not hasattr(torch, "quantize_per_channel"):
         return False
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())  # AVX512-BF16 / AMX, and so AVX512-VNNI
+        return torch.backends.cpu.get_cpu_capability() in INT8_CPU_CAPABILITIES
     except (AttributeError, RuntimeError):
         return False
 

@@ -1,5 +1,7 @@
+import pytest
 import torch
 
+from adapterbank.routing import methods
 from adapterbank.routing.index import RouterIndex, save_index, sync_index
 from adapterbank.routing.statistics import class_statistics, save_statistics
 from adapterbank.store.registry import INDEX_FILE
@@ -111,3 +113,17 @@ def test_router_files_keep_the_covariance_in_under_a_megabyte_and_old_files_stil
     old = {k: v for k, v in stats.items() if not k.startswith("covariance")}
     save_file({**old, "covariance": exact.half()}, str(tmp_path / ROUTER_FILE))  # a file written before compact storage
     assert torch.equal(load_statistics(tmp_path)["covariance"], exact.half())
+
+
+def test_int8_shortlist_is_asked_for_on_cpus_with_fbgemm_vector_kernels(monkeypatch):
+    """AVX2-only CPUs shortlist too (int8 2x faster than fp32 there); no vector kernels or a GPU: fp32."""
+    if "x86" not in torch.backends.quantized.supported_engines:
+        pytest.skip("no x86 quantised engine in this torch build")
+    answers = {}
+    for capability in ("AVX512", "AVX2", "DEFAULT"):
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)
+        methods._int8_is_fast_on.cache_clear()
+        answers[capability] = methods._int8_is_fast(torch.device("cpu"))
+    answers["cuda"] = methods._int8_is_fast_on("cuda")
+    methods._int8_is_fast_on.cache_clear()  # the real CPU's answer again for the tests after this one
+    assert answers == {"AVX512": True, "AVX2": True, "DEFAULT": False, "cuda": False}
