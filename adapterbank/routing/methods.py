@@ -42,7 +42,9 @@ SHRINKAGE = 0.02  # weight of the scaled identity in the pooled covariance (meas
 PROTOTYPE_TEMPERATURE = 0.05
 # banks of SHORTLIST_MIN_CLASSES classes or more: classes scored in int8 first, the best SHORTLIST of each text again
 # in fp32 (see _shortlisted_logits). Measured (benchmarks/shortlist_recall.py): route for 64 texts 0.64 -> 0.47 ms at
-# 227 classes, 1.9 -> 0.58 at 1,027, with the same decisions; below ~25 tasks the fp32 product costs next to nothing
+# 227 classes, 1.9 -> 0.58 at 1,027, with the same decisions; below ~25 tasks the fp32 product costs next to nothing.
+# On an AVX2-only CPU the shortlist only pays from ~1,000 classes (4.7 -> 4.9 ms at 527, 7.5 -> 6.9 at 1,027): one
+# threshold for both (at most ~0.2 ms lost between 256 and 1,000 classes there), not one per instruction set
 SHORTLIST_MIN_CLASSES = 256
 SHORTLIST = 8
 INT8_CPU_CAPABILITIES = ("AVX2", "AVX512")  # torch.backends.cpu.get_cpu_capability() values with fbgemm's int8 kernels
