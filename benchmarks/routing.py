@@ -178,7 +178,9 @@ def main() -> None:
     out: dict = {"data": str(args.data), "quick": args.quick, "seed": args.seed, "tasks": n_tasks, "intents_per_task": 10,
                  "train_texts_per_intent": per_label or "all", "test_texts": len(test_set), "oos_texts": len(oos_texts),
                  "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                             "python": platform.python_version(), "torch": torch.__version__}}
+                             "python": platform.python_version(), "torch": torch.__version__,
+                             # AVX2 / AVX512: the top-k figures' int8 shortlist runs (methods.py); DEFAULT: fp32
+                             "cpu_capability": torch.backends.cpu.get_cpu_capability()}}
     workdir = Path(tempfile.mkdtemp(prefix="adapterbank-routing-"))
     try:
         bank = AdapterBank.create(workdir / "bank", device=DEVICE)
