@@ -311,10 +311,7 @@ def _int8_is_fast_on(device_type: str) -> bool:
         return False
     if not hasattr(torch.ops.quantized, "linear_dynamic") or not hasattr(torch, "quantize_per_channel"):
         return False
-    try:
-        return torch.backends.cpu.get_cpu_capability() in INT8_CPU_CAPABILITIES
-    except (AttributeError, RuntimeError):
-        return False
+    return torch.backends.cpu.get_cpu_capability() in INT8_CPU_CAPABILITIES
 
 
 @register
