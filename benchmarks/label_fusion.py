@@ -13,6 +13,10 @@ validation text it runs every task's module once (the lower pass shared, as pred
 - `energy_routing`: re-choosing the task among the router's best 3 by its log-probability plus lambda times the
   candidate module's energy (logsumexp of its head's logits), the task-prediction idea of module-verified CIL
   methods; `energy_only` picks the task by energy alone. Task-routing accuracy.
+- `confidence_vote`: re-choosing among the best 3 tasks by the router's log-probability divided by T plus the log of
+  the candidate module's best label probability (the bank's answer at DEFAULT_LABEL_WEIGHT): whether a module is
+  surer of its own task's texts. Routed accuracy; `confidence_on_errors` compares, on the texts the router sends
+  to a wrong task, that task's module with the true task's module.
 - `per_class`: the grid again for banks trained on at most N texts per label (`--per-class`, a seeded sample): whether
   the weight holds when the router's statistics and the modules come from few texts.
 """
@@ -38,6 +42,7 @@ from task_covariance import capped, splits  # noqa: E402
 
 WEIGHTS = (0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
 ENERGY = (0.5, 1.0, 2.0, 5.0)
+VOTE_TEMPERATURES = (1, 10, 100, 300, 1000, float("inf"))
 
 
 def module_outputs(bank, texts: list[str]):
@@ -94,6 +99,17 @@ def evaluate(bank, texts: list[str], labels: list[str]) -> dict:
     out["energy_routing"] = [{"lambda": lam, "routing_accuracy": route_by(task_log_probs + lam * energy + outside)}
                              for lam in ENERGY]
     out["energy_only"] = route_by(energy)
+    fused = {name: torch.log_softmax(module[name] + DEFAULT_LABEL_WEIGHT * router[name], -1) for name in names}
+    sure = torch.stack([fused[name].max(-1).values for name in names], 1)  # [N, T] log of each module's best label
+    routed_at = lambda tasks: accuracy(tasks, DEFAULT_LABEL_WEIGHT)  # noqa: E731
+    out["confidence_vote"] = [{"temperature": str(temp), "routed_accuracy": routed_at(
+        ((task_log_probs / temp if temp != float("inf") else 0) + sure + outside).argmax(-1))} for temp in VOTE_TEMPERATURES]
+    wrong = routed != truth
+    mine, theirs = sure.gather(1, routed[:, None]).squeeze(1), sure.gather(1, truth[:, None]).squeeze(1)
+    out["confidence_on_errors"] = {"texts": int(wrong.sum()),
+                                   "routed_module_mean": round(float(mine[wrong].exp().mean()), 4),
+                                   "true_module_mean": round(float(theirs[wrong].exp().mean()), 4),
+                                   "true_module_surer": round(float((theirs[wrong] > mine[wrong]).float().mean()), 4)}
     return out
 
 

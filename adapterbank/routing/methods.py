@@ -180,21 +180,19 @@ class TaskCovariance(Mahalanobis):
             return log_probs
         rows = chosen.nonzero().squeeze(1)
         pairs, valid = top[rows], within[rows]  # [n, k] candidates of the re-scored texts, and which are re-scored
-        text_of = torch.arange(len(rows)).repeat_interleave(k)[valid.flatten()]
+        text_of = rows.repeat_interleave(k)[valid.flatten()]
         order = pairs[valid].argsort()
         tasks, counts = pairs[valid][order].unique_consecutive(return_counts=True)
-        centred = (x[rows] - t["centre"])[text_of[order]]  # one row per (text, candidate), grouped by task
-        # per candidate task, its rows' products go into two buffers; everything else is done once for all
+        # one row per (text, candidate), grouped by task, with a column of ones that picks up each task's biases
+        centred = x.new_ones(len(order), x.shape[1] + 1)
+        torch.sub(x[text_of[order]], t["centre"], out=centred[:, :-1])
+        # per candidate task one product; everything else once for all (a task with fewer classes: -inf columns)
         parts = [self._rows(index, task) for task in tasks.tolist()]
-        along = x.new_zeros(len(order), BLEND_RANK)  # W_t^T x (a narrower factor leaves zeros)
-        logits = x.new_full((len(order), max(len(bias) for _, bias, _ in parts)), -math.inf)
-        begin = 0
-        for (weights, bias, _), count in zip(parts, counts.tolist()):
-            scored = centred[begin:begin + count] @ weights
-            logits[begin:begin + count, :len(bias)] = scored[:, :len(bias)] + bias
-            along[begin:begin + count, :weights.shape[1] - len(bias)] = scored[:, len(bias):]
-            begin += count
-        log_det = torch.tensor([log_det for *_, log_det in parts]).repeat_interleave(counts)
+        widest = max(weights.shape[1] for weights, _ in parts)
+        scored = torch.cat([_padded(centred[begin:begin + count] @ weights, widest) for (weights, _), begin, count
+                            in zip(parts, (counts.cumsum(0) - counts).tolist(), counts.tolist())])
+        along, logits = scored[:, :BLEND_RANK], scored[:, BLEND_RANK:]  # W_t^T x, then the classes' logits
+        log_det = torch.tensor([log_det for _, log_det in parts]).repeat_interleave(counts)
         evidence = logits.logsumexp(-1) + 0.5 * along.pow(2).sum(-1) - 0.5 * log_det
         adjusted = values.new_full(pairs.shape, -math.inf)
         adjusted[valid] = torch.empty_like(evidence).scatter_(0, order, evidence)
@@ -212,12 +210,13 @@ class TaskCovariance(Mahalanobis):
         if int(index.t["scope_kind"][task]) != HELD_OUT_DISTANCE or (
                 index.parts.source is None and not index.parts.has_factor(index.task_ids[task])):
             return super().class_scores(index, x, task)
-        weights, bias, _ = self._rows(index, task)
-        return (x - index.t["centre"]) @ weights[:, :len(bias)] + bias
+        weights, _ = self._rows(index, task)
+        return (x - index.t["centre"]) @ weights[:-1, BLEND_RANK:] + weights[-1, BLEND_RANK:]
 
     @staticmethod
     def _rows(index, task: int):
-        """For task position `task`: ([D, c + r] its classes' columns then W_t, [c] their biases, log|I + a F^T B^-1 F|)."""
+        """For task position `task`: ([D + 1, BLEND_RANK + c] W_t (zero columns where the factor is narrower), then
+        its classes' columns, with their biases in the last row; log|I + a F^T B^-1 F|)."""
         import torch
 
         cache = index.cache.setdefault("task_blends", OrderedDict())
@@ -236,11 +235,24 @@ class TaskCovariance(Mahalanobis):
             rows = t["discriminant"][block] / (1 - TASK_BLEND) - projected @ blend
             bias = t["bias"][block] / (1 - TASK_BLEND) + 0.5 * projected.pow(2).sum(-1)
             log_det = f.shape[1] * math.log(TASK_BLEND) + 2 * float(chol.diagonal().log().sum())
-            cache[task_id] = (torch.cat([rows, blend]).T.contiguous(), bias, log_det)
+            weights = torch.zeros(rows.shape[1] + 1, BLEND_RANK + len(rows))
+            weights[:-1, :len(blend)] = blend.T
+            weights[:-1, BLEND_RANK:] = rows.T
+            weights[-1, BLEND_RANK:] = bias
+            cache[task_id] = (weights, log_det)
             while len(cache) > BLEND_CACHED:
                 cache.popitem(last=False)
         cache.move_to_end(task_id)
         return cache[task_id]
+
+
+def _padded(scored: torch.Tensor, width: int) -> torch.Tensor:
+    """`scored` with -inf columns up to `width`: classes a task does not have, which logsumexp ignores."""
+    import torch
+
+    if scored.shape[1] == width:
+        return scored
+    return torch.nn.functional.pad(scored, (0, width - scored.shape[1]), value=-math.inf)
 
 
 def shared_covariance(t: dict[str, torch.Tensor]) -> torch.Tensor:

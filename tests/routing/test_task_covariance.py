@@ -5,6 +5,7 @@ is added; texts with a candidate that stores no factor keep the first stage."""
 
 import math
 
+import pytest
 import torch
 
 from adapterbank.routing import methods
@@ -48,11 +49,13 @@ def _spreads():
     return narrow, wide
 
 
-def test_second_stage_equals_the_dense_blended_posterior(monkeypatch):
+@pytest.mark.parametrize("classes", [(3, 3, 3, 3, 3), (3, 5, 2, 4, 3)])  # candidates of unequal width in one batch
+def test_second_stage_equals_the_dense_blended_posterior(monkeypatch, classes):
     monkeypatch.setattr(methods, "RESCORE_WITHIN", float("inf"))  # every candidate re-scored, however far behind
     g = torch.Generator().manual_seed(0)
     narrow, wide = _spreads()
-    tasks = [_task(g, torch.randn(DIM, generator=g) * 0.6, spread) for spread in (narrow, wide, narrow, wide, narrow)]
+    tasks = [_task(g, torch.randn(DIM, generator=g) * 0.6, spread, n)
+             for spread, n in zip((narrow, wide, narrow, wide, narrow), classes)]
     index = _index(tasks)
     x = torch.cat([tasks[i][0][:8] for i in range(5)])
     first = index.task_scores(x, method="mahalanobis")
