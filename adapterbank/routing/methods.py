@@ -141,9 +141,11 @@ class TaskCovariance(Mahalanobis):
 
     Woodbury over the shared precision makes a task's share one [D, r] matrix W_t: -d_t(x, m_j) / 2 =
     logit_j(x) / (1 - a) + |W_t^T (x - m_j)|^2 / 2 + a term common to all tasks, which is linear in x per
-    class (the `mahalanobis` row changed by W_t W_t^T m_j) plus |W_t^T x|^2 / 2 per task: one [n, D] x
-    [D, c + r] product per candidate task. The rows depend on S, so a task's are derived when first needed
-    after each change of the index and kept (BLEND_CACHED tasks). Candidates are re-scored whenever the first
+    class (the `mahalanobis` row changed by W_t W_t^T m_j) plus |W_t^T x|^2 / 2 per task: one [n, D + 1] x
+    [D + 1, r + c] product per candidate task (the last row the biases), all concatenated once (64 texts, 14
+    candidates, 2-core AVX2 CPU: 4.0 ms, against 4.7 with each product sliced into place apart). The rows
+    depend on S, so a task's are derived when first needed after each change of the index and kept
+    (BLEND_CACHED tasks). Candidates are re-scored whenever the first
     stage ranked them (RESCORE_WITHIN), however sure it was of its best: it is too sure of itself to gate on
     (CLINC150 validation: 98 % of texts give their best task over 0.99999, and re-scoring only the others
     kept 0.16 of the 0.76-point gain). A text some of whose candidates have no factor to read (tasks from
