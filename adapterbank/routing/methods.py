@@ -237,7 +237,7 @@ class TaskCovariance(Mahalanobis):
             rows = t["discriminant"][block] / (1 - TASK_BLEND) - projected @ blend
             bias = t["bias"][block] / (1 - TASK_BLEND) + 0.5 * projected.pow(2).sum(-1)
             log_det = f.shape[1] * math.log(TASK_BLEND) + 2 * float(chol.diagonal().log().sum())
-            weights = torch.zeros(rows.shape[1] + 1, BLEND_RANK + len(rows))
+            weights = rows.new_zeros(rows.shape[1] + 1, BLEND_RANK + len(rows))  # on the index's device
             weights[:-1, :len(blend)] = blend.T
             weights[:-1, BLEND_RANK:] = rows.T
             weights[-1, BLEND_RANK:] = bias
