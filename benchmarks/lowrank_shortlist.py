@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -52,20 +53,29 @@ def recall(index: RouterIndex, x: torch.Tensor) -> dict:
     return out
 
 
+def _features(seed: int) -> dict:
+    """{dataset: (training texts' router features, their labels, validation features, tasks)}, from a bank
+    that lives only as long as this call (the frozen base's features need no task)."""
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        bank = AdapterBank.create(f"{tmp}/bank")
+        for name in ("clinc150", "banking77"):
+            train_x, train_y, val_x, _, _, _, tasks = splits(name, seed)
+            out[name] = (bank.router_features(train_x).float().cpu(), train_y,
+                         bank.router_features(val_x).float().cpu(), tasks)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--synthetic-tasks", type=int, default=1000)
     args = parser.parse_args()
     torch.manual_seed(args.seed)
-    bank = AdapterBank.create(os.path.join(os.environ.get("TMPDIR", "/tmp"), f"lowrank-{os.getpid()}"))
     out: dict = {"seed": args.seed, "ranks": RANKS, "shortlists": SHORTLISTS, "recall": {}}
     both = None
     texts = []
-    for name in ("clinc150", "banking77"):
-        train_x, train_y, val_x, _, _, _, tasks = splits(name, args.seed)
-        features = bank.router_features(train_x).float().cpu()
-        x = bank.router_features(val_x).float().cpu()
+    for name, (features, train_y, x, tasks) in _features(args.seed).items():
         own = RouterIndex.empty(features.shape[1])
         both = RouterIndex.empty(features.shape[1]) if both is None else both
         for k, labels in enumerate(tasks):
