@@ -13,7 +13,11 @@ builds it (class_statistics per task, RouterIndex.add) on the bank's router feat
 - how far behind (in the first stage's log-probability) the candidates were whose win moved a decision, and
   the share of second and third candidates within a few margins (RESCORE_WITHIN's evidence);
 - both methods again with the statistics of at most N training texts per label (`--per-class`, a seeded
-  sample): how the blend fares when a task's own covariance comes from few texts.
+  sample): how the blend fares when a task's own covariance comes from few texts;
+- a calibrated vote (tried, not adopted): each text's best 3 tasks ranked again by their log-probability
+  plus `beta` times the log of the text's percentile in the candidate's own held-out out-of-scope table
+  (scope.py), a per-task calibrated closeness; and on the routing errors whose true task is among the 3, the
+  share where the true task's percentile is the higher.
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ def main() -> None:
             gaps = (values[:, :1] - values[:, 1:]).flatten()
             row["runners_up_within"] = {str(m): round(float((gaps <= m).float().mean()), 4) for m in (20, 40, 65)}
             row["grid"] = _grid(index, x, truth)
+            row["scope_vote"] = _scope_vote(index, x, truth, second)
             row["per_class"] = []
             for cap in caps:
                 kept = capped(train_y, cap, args.seed)
@@ -98,6 +103,22 @@ def _grid(index: RouterIndex, x: torch.Tensor, truth: torch.Tensor) -> dict:
         methods.TASK_BLEND, methods.BLEND_RANK = kept
         index.cache.clear()
     return scores
+
+
+def _scope_vote(index: RouterIndex, x: torch.Tensor, truth: torch.Tensor, log_probs: torch.Tensor) -> dict:
+    """Accuracy when the best 3 tasks are ranked by log-probability + beta * log(scope percentile); see the docstring."""
+    values, candidates = log_probs.topk(3, -1)
+    scores = torch.stack([index.scope_scores(x, candidates[:, j]) for j in range(3)], 1)
+    tables = index.t["thresholds"][candidates]  # [B, 3, 101] ascending quantiles of each candidate's held-out scores
+    percentile = ((tables <= scores.unsqueeze(-1)).sum(-1).float() / tables.shape[-1]).clamp_min(0.5 / tables.shape[-1])
+    row = {f"beta={beta}": _accuracy(candidates.gather(1, (values + beta * percentile.log()).argmax(-1, keepdim=True)).squeeze(1), truth)
+           for beta in (0, 1, 3, 10, 30, 100)}
+    found = candidates == truth[:, None]
+    errors = (candidates[:, 0] != truth) & found.any(-1)
+    true_percentile = percentile.gather(1, found.float().argmax(-1, keepdim=True)).squeeze(1)
+    row["errors_with_truth_in_3"] = int(errors.sum())
+    row["truth_more_in_scope_on_those"] = round(float((true_percentile[errors] > percentile[errors, 0]).float().mean()), 3)
+    return row
 
 
 def _index(features: torch.Tensor, train_y: list, tasks: list, kept) -> RouterIndex:
