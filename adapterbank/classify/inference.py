@@ -80,7 +80,9 @@ class RoutedModel:
                 delta = module.kind.row_update(tensors, linear, x[rows], base, rows)
                 if weights is not None:
                     delta = delta * weights.view(-1, *([1] * (delta.dim() - 1)))
-                output = output.index_add(0, rows, delta.to(output.dtype))
+                # in place: the linear's output is fresh and the plan is only set under no_grad (upper_features);
+                # out of place, each of a batch's modules copied the whole [rows, tokens, width] output again
+                output.index_add_(0, rows, delta.to(output.dtype))
             return output
         return hook
 
