@@ -72,9 +72,10 @@ def main() -> None:
                 features = lambda pools: kernel(pools[:, list(layers)].float().flatten(1))  # noqa: E731
                 index = _index(features(train), train_y, tasks, range(len(train_y)))
                 x = features(val)
-                rows[",".join(map(str, layers))] = {method: _accuracy(index.task_scores(x, method).argmax(-1), truth)
-                                                    for method in METHODS}
-                print(json.dumps({name: {",".join(map(str, layers)): rows[",".join(map(str, layers))]}}), file=sys.stderr, flush=True)
+                key = ",".join(map(str, layers))
+                rows[key] = {method: _accuracy(index.task_scores(x, method).argmax(-1), truth)
+                             for method in METHODS}
+                print(json.dumps({name: {key: rows[key]}}), file=sys.stderr, flush=True)  # progress
             out["validation"][name] = {"texts": len(val_y), "routing": rows}
     names = list(out["validation"])
     out["mean_task_covariance"] = {key: round(sum(out["validation"][n]["routing"][key]["task-covariance"] for n in names) / len(names), 3)
