@@ -13,7 +13,8 @@ probabilities (a task's share: the sum over its labels), on task_covariance.py's
 - `linear_joint`, `mlp_joint`: a linear layer / a one-hidden-layer MLP trained on every task's training
   features at once, what the rule forbids (a bank would have to keep them all);
 - `mlp_statistics`: the MLP trained only on samples drawn from each label's Gaussian (its mean, its task's
-  within-class covariance), which a bank could rebuild from statistics it stores, after any removal;
+  within-class covariance), statistics of the kind a bank stores (taken here in the pooled space, where a bank
+  keeps them in the kernel map's), so a bank could rebuild it after any removal;
 - `mlp_kept_K`: the MLP trained on K stored features a label (an exemplar memory of features, not texts),
   with and without the Gaussian samples; `bytes_per_task` is what they would add to each task's files (fp16).
 
