@@ -2,6 +2,7 @@
 prints JSON.
 
     python benchmarks/trained_router.py [--seed 0] [--steps 3000]    # ~30 minutes on 2 CPU cores
+    python benchmarks/trained_router.py --only mlp_joint --test       # the ceiling, also on test (~8 minutes)
 
 The bank routes by class statistics of frozen features (routing/methods.py, `task-covariance`), and the issue's
 rule is "statistics only": no training text and no per-example features in the bank. This asks what that rule
@@ -89,28 +90,34 @@ def _kept(y: torch.Tensor, per_label: int, generator) -> torch.Tensor:
                       for c in range(int(y.max()) + 1)])
 
 
-def run(name: str, bank, seed: int, steps: int) -> dict:
-    train_x, train_y, val_x, val_y, _, _, tasks = splits(name, seed)
+def run(name: str, bank, seed: int, steps: int, only: set | None, test: bool) -> tuple[dict, dict]:
+    """(validation row, test row: empty without `test`) for one dataset."""
+    train_x, train_y, val_x, val_y, test_x, test_y, tasks = splits(name, seed)
     train, val = _pools(bank, train_x)[:, LAYERS].float(), _pools(bank, val_x)[:, LAYERS].float()
     labels = [label for task in tasks for label in task]
     position = {label: i for i, label in enumerate(labels)}
     owner = torch.tensor([k for k, task in enumerate(tasks) for _ in task])
     y, y_val = torch.tensor([position[t] for t in train_y]), torch.tensor([position[t] for t in val_y])
-    truth = owner[y_val]
+    sets = {"validation": (val, owner[y_val])}
+    if test:  # reported, never used to choose anything: every setting here was fixed before any run
+        sets["test"] = (_pools(bank, test_x)[:, LAYERS].float(), owner[torch.tensor([position[t] for t in test_y])])
     row: dict = {"texts": len(val_y), "labels": len(labels), "tasks": len(tasks)}
+    on_test: dict = {"texts": len(test_y)} if test else {}
 
     kernel = KernelMap.for_features(train.shape[1] * train.shape[2], len(LAYERS))
     index = _index(kernel(train.flatten(1)), train_y, tasks, range(len(train_y)))
-    row["statistics"] = _accuracy(index.task_scores(kernel(val.flatten(1)), "task-covariance").argmax(-1), truth)
+    for split, (pools, truth) in sets.items():
+        (row if split == "validation" else on_test)["statistics"] = _accuracy(
+            index.task_scores(kernel(pools.flatten(1)), "task-covariance").argmax(-1), truth)
 
-    x, x_val = train.flatten(1), val.flatten(1)
+    x = train.flatten(1)
     centre, spread = x.mean(0), x.std(0).clamp_min(1e-6)  # aggregate statistics, as a bank could store them
-    x, x_val = (x - centre) / spread, (x_val - centre) / spread
+    x = (x - centre) / spread
 
-    def routed(model) -> float:
+    def routed(model, pools: torch.Tensor, truth: torch.Tensor) -> float:
         with torch.no_grad():
-            probabilities = model(x_val).softmax(-1)
-        share = probabilities.new_zeros(len(x_val), len(tasks)).index_add_(1, owner, probabilities)
+            probabilities = model((pools.flatten(1) - centre) / spread).softmax(-1)
+        share = probabilities.new_zeros(len(pools), len(tasks)).index_add_(1, owner, probabilities)
         return _accuracy(share.argmax(-1), truth)
 
     generator = torch.Generator().manual_seed(seed)
@@ -123,16 +130,23 @@ def run(name: str, bank, seed: int, steps: int) -> dict:
         plans[f"mlp_kept_{k}_and_statistics"] = (torch.cat([x[kept], samples]), torch.cat([y[kept], sample_y]), HIDDEN)
         row[f"bytes_per_task_kept_{k}"] = int(k * per_task_label * x.shape[1] * 2)
     for key, (features, targets, hidden) in plans.items():
+        if only and key not in only:
+            continue
         began = time.perf_counter()
-        row[key] = routed(_train(features, targets, len(labels), hidden, steps, seed))
+        model = _train(features, targets, len(labels), hidden, steps, seed)
+        row[key] = routed(model, *sets["validation"])
+        if test:
+            on_test[key] = routed(model, *sets["test"])
         print(json.dumps({name: {key: row[key], "seconds": round(time.perf_counter() - began)}}), file=sys.stderr, flush=True)
-    return row
+    return row, on_test
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--only", default="", help="comma-separated rows to train (default: all), e.g. mlp_joint")
+    parser.add_argument("--test", action="store_true", help="also report each row on the test split")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     out: dict = {"seed": args.seed, "steps": args.steps, "layers": LAYERS, "hidden": HIDDEN,
@@ -140,7 +154,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         bank = AdapterBank.create(f"{tmp}/bank")
         for name in ("clinc150", "banking77"):
-            out["validation"][name] = run(name, bank, args.seed, args.steps)
+            out["validation"][name], on_test = run(name, bank, args.seed, args.steps,
+                                                   set(filter(None, args.only.split(","))), args.test)
+            if on_test:
+                out.setdefault("test", {})[name] = on_test
     print(json.dumps(out, indent=2))
 
 
