@@ -40,6 +40,7 @@ import torch  # noqa: E402
 
 from adapterbank import AdapterBank  # noqa: E402
 from adapterbank.routing.kernel import KernelMap  # noqa: E402
+from adapterbank.routing.methods import shrunk  # noqa: E402
 from router_layers import _pools  # noqa: E402
 from task_covariance import splits  # noqa: E402
 from task_covariance_router import _accuracy, _index  # noqa: E402
@@ -76,9 +77,7 @@ def _gaussian_samples(x: torch.Tensor, y: torch.Tensor, owner: torch.Tensor, gen
     drawn, labels = [], []
     for task in range(int(owner.max()) + 1):
         rows = owner[y] == task
-        covariance = residuals[rows].T @ residuals[rows] / rows.sum()
-        covariance = 0.98 * covariance + 0.02 * covariance.diagonal().mean() * torch.eye(len(covariance))
-        factor = torch.linalg.cholesky(covariance)
+        factor = torch.linalg.cholesky(shrunk(residuals[rows].T @ residuals[rows] / rows.sum()))
         mine = (owner == task).nonzero().squeeze(1).repeat_interleave(SAMPLES_PER_LABEL)
         drawn.append(means[mine] + torch.randn(len(mine), x.shape[1], generator=generator) @ factor.T)
         labels.append(mine)
@@ -148,7 +147,6 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated rows to train (default: all), e.g. mlp_joint")
     parser.add_argument("--test", action="store_true", help="also report each row on the test split")
     args = parser.parse_args()
-    torch.manual_seed(args.seed)
     out: dict = {"seed": args.seed, "steps": args.steps, "layers": LAYERS, "hidden": HIDDEN,
                  "samples_per_label": SAMPLES_PER_LABEL, "validation": {}}
     with tempfile.TemporaryDirectory() as tmp:
